@@ -1,0 +1,14 @@
+"""tsgb-onnx: saliency maps (TSGB and baselines) for any CNN, computed on its ONNX graph."""
+
+from .errors import (InputError, MethodError, ModelError, RuntimeUnavailableError, TargetError,
+                     TsgbError, UnsupportedOpError)
+from .explainer import Explainer, Explanation
+from .methods import available_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Explainer", "Explanation", "available_methods",
+    "TsgbError", "ModelError", "UnsupportedOpError", "InputError", "TargetError",
+    "MethodError", "RuntimeUnavailableError", "__version__",
+]

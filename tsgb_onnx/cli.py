@@ -1,0 +1,175 @@
+"""Command line: `tsgb explain`, `tsgb inspect`, `tsgb demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError, TsgbError
+from .methods import available_methods, get_method
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_inputs
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+
+
+def _method_options(args) -> dict:
+    options = {}
+    if args.alpha is not None:
+        options["alpha"] = args.alpha
+    if args.reference_compat:
+        options["reference_compat"] = True
+    return options
+
+
+def _parse_target(text: str):
+    if text in ("top1", "top-1", ""):
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--target must be 'top1', a class index or a comma list, got '{text}'")
+    return values[0] if len(values) == 1 else values
+
+
+def _input_size(graph, layout: str) -> int | None:
+    shape = graph.input_shape
+    if shape is None or len(shape) != 4:
+        return None
+    h = shape[2] if layout == "nchw" else shape[1]
+    return h if isinstance(h, int) and h > 0 else None
+
+
+def cmd_explain(args) -> int:
+    from .explainer import Explainer
+    from .render import heatmap, save_png
+
+    explainer = Explainer(args.model, method=args.method, output=args.output,
+                          **_method_options(args))
+    size = args.size or _input_size(explainer.graph, args.layout) or 224
+    prep = Preprocessing(size=size, mean=args.mean, std=args.std, layout=args.layout,
+                         crop=not args.no_crop)
+    rank = len(explainer.graph.input_shape or (0, 0, 0, 0))
+    x, shown, names = load_inputs(args.inputs, prep, rank=rank)
+    result = explainer.explain(x, target=_parse_target(args.target), layer=args.layer)
+    saliency = result.saliency
+    if args.layout == "nhwc" and args.layer is None:  # channels are the last input axis
+        saliency = (result.signal * x).sum(axis=-1)
+    for i, name in enumerate(names):
+        t = int(result.target[i])
+        print(f"{name}: target {t} (logit {result.logits[i, t]:.4f}), "
+              f"saliency {tuple(saliency.shape[1:])} range [{saliency[i].min():.3g}, "
+              f"{saliency[i].max():.3g}]")
+    if args.out is None:
+        return 0
+    out = Path(args.out)
+    if out.suffix == ".npy":
+        np.save(out, saliency)
+        print(f"wrote {out}")
+    elif out.suffix == ".png":
+        for i, name in enumerate(names):
+            path = out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}")
+            save_png(heatmap(saliency[i], shown[i]), path)
+            print(f"wrote {path}")
+    else:
+        raise InputError(f"--out must end in .npy or .png, got '{out}'")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .graph import build_graph
+    from .program import plan
+
+    graph = build_graph(args.model, output=args.output)
+    method = get_method(args.method)
+    rules = method.rules
+    print(f"model:   {args.model}  (opset {graph.opset})")
+    print(f"input:   {graph.input_name} {list(graph.input_shape or [])}")
+    print(f"logits:  {graph.logits_name} {list(graph.shapes.get(graph.logits_name) or [])}")
+    ops = graph.op_types()
+    with_rule = [o for o in ops if rules.lookup(o)]
+    without = [o for o in ops if not rules.lookup(o)]
+    print(f"ops with a '{method.name}' rule:    {', '.join(with_rule) or '-'}")
+    print(f"ops without one (need none if off the backward path): {', '.join(without) or '-'}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = plan(graph, method, method.resolve_options(_method_options(args)), args.layer)
+    print(f"program: {len(program)} steps, records {len(program.record)} tensors "
+          f"and {len(program.record_shapes)} shapes")
+    if args.program:
+        print(program)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, alpha=args.alpha if args.alpha is not None else 1.0)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tsgb", description="Saliency maps for ONNX CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def method_flags(sp):
+        sp.add_argument("--method", default="tsgb",
+                        help=f"explanation method ({', '.join(available_methods())}); default tsgb")
+        sp.add_argument("--alpha", type=float, default=None, help="TSGB-FC scale coefficient (eq. 2)")
+        sp.add_argument("--reference-compat", action="store_true",
+                        help="TSGB: reproduce the reference code's variants")
+        sp.add_argument("--output", default=None, help="model output holding the logits")
+        sp.add_argument("--layer", default=None, help="tensor to explain at (default: model input)")
+
+    e = sub.add_parser("explain", help="explain images or .npy tensors")
+    e.add_argument("model", help="ONNX model file")
+    e.add_argument("inputs", nargs="+", help=".npy tensors or image files")
+    method_flags(e)
+    e.add_argument("--target", default="top1", help="'top1', a class index, or one per input: 3,7")
+    e.add_argument("--out", default=None, help="write saliency to .npy (raw) or .png (heat map)")
+    e.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
+    e.add_argument("--mean", type=_floats, default=IMAGENET_MEAN, help="per-channel mean")
+    e.add_argument("--std", type=_floats, default=IMAGENET_STD, help="per-channel std")
+    e.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    e.add_argument("--no-crop", action="store_true", help="resize to size×size without cropping")
+    e.set_defaults(func=cmd_explain)
+
+    i = sub.add_parser("inspect", help="show the model's input, logits, ops and program")
+    i.add_argument("model", help="ONNX model file")
+    method_flags(i)
+    i.add_argument("--program", action="store_true", help="print every step")
+    i.set_defaults(func=cmd_inspect)
+
+    d = sub.add_parser("demo", help="TSGB vs gradient on a real photo with EfficientNet-Lite0")
+    d.add_argument("--out", default="tsgb_demo.png", help="PNG to write")
+    d.add_argument("--alpha", type=float, default=None, help="TSGB-FC scale coefficient")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TsgbError as exc:
+        print(f"tsgb: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:
+        print(f"tsgb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tsgb: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

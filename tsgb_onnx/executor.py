@@ -1,0 +1,80 @@
+"""Array executor: runs a `Program` on recorded activations with any array namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import Node
+from .program import Program, Step
+
+
+class StepView:
+    """What a rule sees of the forward pass: its node's recorded inputs and outputs."""
+
+    __slots__ = ("_node", "_step", "_values", "_shapes", "_ops", "_consts")
+
+    def __init__(self, step: Step, values: dict, shapes: dict, ops, consts: dict):
+        self._node: Node = step.node
+        self._step = step
+        self._values = values
+        self._shapes = shapes
+        self._ops = ops
+        self._consts = consts
+
+    def _tensor(self, name: str):
+        if name in self._values:
+            return self._values[name]
+        const = self._node.graph.constants.get(name)
+        if const is not None:
+            if name not in self._consts:
+                self._consts[name] = self._ops.asarray(const, dtype=const.dtype)
+            return self._consts[name]
+        raise KeyError(f"tensor '{name}' was not recorded for node '{self._node.name}'")
+
+    def x(self, i: int):
+        return self._tensor(self._node.inputs[i])
+
+    def y(self, i: int):
+        return self._tensor(self._node.outputs[i])
+
+    def x_shape(self, i: int) -> tuple[int, ...]:
+        name = self._node.inputs[i]
+        if name in self._values:
+            return self._ops.shape(self._values[name])
+        if name in self._shapes:
+            return self._shapes[name]
+        return tuple(self._node.graph.constants[name].shape)
+
+    def wants(self, i: int) -> bool:
+        """Whether input `i` receives a signal (skip computing the others)."""
+        return i < len(self._node.inputs) and self._node.inputs[i] in self._step.produces
+
+
+def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
+                seed, consts: dict | None = None) -> Any:
+    """Propagate `seed` (the signal at the logits) back to the program's layer.
+
+    `values` is consumed: each forward tensor is dropped after its last use.
+    Returns the signal at `program.layer`.
+    """
+    consts = {} if consts is None else consts
+    signals: dict[str, Any] = {program.logits: seed}
+    for step in program.steps:
+        grads = [signals.pop(o, None) for o in step.node.outputs]
+        if all(g is None for g in grads):
+            continue
+        view = StepView(step, values, shapes, ops, consts)
+        outs = step.rule.fn(ops, step.node, view, grads, program.options)
+        for name, g in zip(step.node.inputs, outs):
+            if g is None or name not in step.produces:
+                continue
+            prev = signals.get(name)
+            signals[name] = g if prev is None else ops.add(prev, g)
+        for t in step.release:  # keep the shape: later steps may still ask for it
+            released = values.pop(t, None)
+            if released is not None:
+                shapes[t] = ops.shape(released)
+    signal = signals.get(program.layer)
+    if signal is None:  # every path to the layer was cut (e.g. all rows dead): no signal
+        signal = ops.zeros(ops.shape(values[program.layer]))
+    return signal

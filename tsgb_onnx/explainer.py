@@ -1,0 +1,158 @@
+"""Public API: `Explainer` turns a model + method into saliency maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+
+from .backends import NumpyOps
+from .errors import InputError, TargetError
+from .executor import run_program
+from .graph import ModelLike, build_graph
+from .methods import get_method
+from .program import Program, plan
+from .record import ForwardRecorder
+
+TargetLike = Union[None, int, Sequence[int], np.ndarray]
+
+
+@dataclass
+class Explanation:
+    """Result of one explanation call (all arrays are NumPy)."""
+
+    saliency: np.ndarray  # [B, *spatial] = sum over channels of signal * activation at `layer`
+    signal: np.ndarray    # backward signal at `layer`, same shape as that tensor
+    logits: np.ndarray    # [B, classes]
+    target: np.ndarray    # [B] int64
+    layer: str
+    method: str
+
+
+class Explainer:
+    """Explain an ONNX classifier with a registered method.
+
+    >>> ex = Explainer("model.onnx", method="gradient")
+    >>> result = ex.explain(x)          # x: float32 [B, C, H, W]
+    >>> result.saliency.shape           # (B, H, W)
+    """
+
+    def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
+                 output: str | None = None, **options):
+        self.method = get_method(method)
+        self.options = self.method.resolve_options(options)
+        self.graph = build_graph(model, output=output)
+        self.recorder = ForwardRecorder(self.graph, providers)
+        self.ops = NumpyOps()
+        self._consts: dict = {}
+        self._programs: dict[str | None, Program] = {}
+        self.program()  # plan now: an unsupported op fails before anything runs
+
+    # -- planning ------------------------------------------------------------------------
+    def program(self, layer: str | None = None) -> Program:
+        """The reverse program from the logits to `layer` (default: the model input)."""
+        if layer not in self._programs:
+            self._programs[layer] = plan(self.graph, self.method, self.options, layer)
+        return self._programs[layer]
+
+    # -- running -------------------------------------------------------------------------------
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Plain forward pass: the logits."""
+        return self.recorder.infer(self._check_input(x))
+
+    def explain(self, x: np.ndarray, target: TargetLike = None,
+                layer: str | None = None) -> Explanation:
+        """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
+        x = self._check_input(x)
+        program = self.program(layer)
+        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        if logits.ndim != 2:
+            raise TargetError(
+                f"the logits '{self.graph.logits_name}' have shape {logits.shape}, not "
+                "[batch, classes]: choose the classifier output with output=NAME"
+            )
+        targets = resolve_targets(target, logits)
+        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+        activation = values[program.layer]
+        signal = run_program(program, self.ops, values, shapes, seed, self._consts)
+        return self._finish(signal, activation, logits, targets, program)
+
+    def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """Backward signal at `layer` for an arbitrary signal `seed` at the logits."""
+        x = self._check_input(x)
+        program = self.program(layer)
+        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        seed = np.asarray(seed, dtype=logits.dtype)
+        if seed.shape != logits.shape:
+            raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
+        return self.ops.to_numpy(run_program(program, self.ops, values, shapes, seed, self._consts))
+
+    def _finish(self, signal, activation, logits, targets, program) -> Explanation:
+        ops = self.ops
+        product = ops.mul(signal, activation)
+        saliency = ops.sum(product, axis=1) if ops.ndim(product) > 1 else product
+        return Explanation(
+            saliency=ops.to_numpy(saliency), signal=ops.to_numpy(signal),
+            logits=np.asarray(logits), target=targets, layer=program.layer,
+            method=self.method.name,
+        )
+
+    # -- validation ------------------------------------------------------------------------------
+    def _check_input(self, x) -> np.ndarray:
+        name = self.graph.input_name
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception:
+                raise InputError(f"input must be an array, got {type(x).__name__}") from None
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise InputError(f"input must be a real numeric array, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        expected = self.graph.input_shape
+        if expected is not None:
+            shown = "[" + ", ".join(str(d) if isinstance(d, int) else "batch" if i == 0 else str(d)
+                                    for i, d in enumerate(expected)) + "]"
+            if x.ndim != len(expected):
+                raise InputError(
+                    f"input has shape {tuple(x.shape)} but model input '{name}' is {shown}: "
+                    f"give a {len(expected)}-D array"
+                )
+            for axis, (got, want) in enumerate(zip(x.shape, expected)):
+                if isinstance(want, int) and want > 0 and got != want:
+                    hint = ("explain one image at a time or export with a dynamic batch"
+                            if axis == 0 else "resize or transpose the input")
+                    raise InputError(
+                        f"input has shape {tuple(x.shape)} but model input '{name}' is "
+                        f"{shown} (axis {axis}: {got} != {want}): {hint}"
+                    )
+        if x.size == 0:
+            raise InputError(f"input has shape {tuple(x.shape)}: it holds no values")
+        if not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise InputError(
+                f"input holds NaN or Inf (first at index {tuple(int(i) for i in bad)}): "
+                "clean the input before explaining"
+            )
+        return x
+
+
+def resolve_targets(target: TargetLike, logits: np.ndarray) -> np.ndarray:
+    """Per-row target classes: None → top-1, an int → every row, a sequence → one per row."""
+    batch, classes = logits.shape
+    if target is None:
+        return np.argmax(logits, axis=1).astype(np.int64)
+    arr = np.asarray(target)
+    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+        raise TargetError(f"target must be integer class indices, got {target!r}")
+    arr = arr.astype(np.int64)
+    if arr.ndim == 0:
+        arr = np.full(batch, int(arr), dtype=np.int64)
+    elif arr.shape != (batch,):
+        raise TargetError(f"got {arr.size} targets for a batch of {batch}: give one per row or one int")
+    bad = arr[(arr < 0) | (arr >= classes)]
+    if bad.size:
+        raise TargetError(
+            f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})"
+        )
+    return arr

@@ -1,0 +1,95 @@
+"""Forward recorder: one ONNX Runtime session returning exactly what a program reads."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import RuntimeUnavailableError, TsgbError
+from .graph import Graph
+
+SHAPE_SUFFIX = "::shape"
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeUnavailableError(
+            "ONNX Runtime is not installed: pip install 'tsgb-onnx[cpu]' "
+            "(or 'tsgb-onnx[gpu]' for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def recording_model(graph: Graph, values: Sequence[str], shapes: Sequence[str]) -> onnx.ModelProto:
+    """Copy of the model whose outputs are the logits, `values` and the shapes of `shapes`."""
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    g = model.graph
+    del g.output[:]
+    wanted = [graph.logits_name] + [t for t in values if t not in (graph.logits_name, graph.input_name)]
+    for t in dict.fromkeys(wanted):
+        g.output.append(helper.make_tensor_value_info(
+            t, graph.dtypes.get(t, onnx.TensorProto.FLOAT), None))
+    for t in dict.fromkeys(shapes):
+        if t == graph.input_name:
+            continue
+        out = t + SHAPE_SUFFIX
+        g.node.append(helper.make_node("Shape", [t], [out], name=f"record_shape_{len(g.node)}"))
+        g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.INT64, None))
+    return model
+
+
+class ForwardRecorder:
+    """Runs the model in ONNX Runtime and returns the tensors a program reads."""
+
+    def __init__(self, graph: Graph, providers: Sequence | None = None):
+        self.graph = graph
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self._sessions: dict[tuple, object] = {}
+
+    def _session(self, values: tuple[str, ...], shapes: tuple[str, ...]):
+        key = (values, shapes)
+        if key not in self._sessions:
+            ort = _onnxruntime()
+            model = recording_model(self.graph, values, shapes)
+            available = ort.get_available_providers()
+            for p in self.providers:
+                name = p[0] if isinstance(p, tuple) else p
+                if name not in available:
+                    raise RuntimeUnavailableError(
+                        f"ONNX Runtime provider '{name}' is not available "
+                        f"(available: {', '.join(available)})"
+                    )
+            try:
+                self._sessions[key] = ort.InferenceSession(
+                    model.SerializeToString(), providers=self.providers)
+            except Exception as exc:
+                raise TsgbError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        return self._sessions[key]
+
+    def run(self, x: np.ndarray, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
+        """Forward `x`; return (logits, {tensor: value}, {tensor: shape})."""
+        session = self._session(tuple(values), tuple(shapes))
+        names = [o.name for o in session.get_outputs()]
+        try:
+            outs = session.run(names, {self.graph.input_name: x})
+        except Exception as exc:
+            raise TsgbError(f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}") from exc
+        recorded = dict(zip(names, outs))
+        value_map = {t: recorded[t] for t in values if t in recorded}
+        if self.graph.input_name in values:
+            value_map[self.graph.input_name] = x
+        shape_map = {t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
+                     for t in shapes if t + SHAPE_SUFFIX in recorded}
+        if self.graph.input_name in shapes:
+            shape_map[self.graph.input_name] = tuple(x.shape)
+        return recorded[self.graph.logits_name], value_map, shape_map
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Plain inference: the logits only."""
+        return self.run(x)[0]

@@ -1,0 +1,157 @@
+"""The `tsgb` rule set: Target-Selective Gradient Backprop (TSGB paper eq. 1-6).
+
+Overrides of the exact gradient:
+* TSGB-FC (eq. 1-2) on the linear layer that produces the logits only;
+* TSGB-Conv (eq. 3-5) on every Conv, groups kept (depthwise works per channel);
+* eq. 6 on BatchNormalization, LRN and InstanceNormalization;
+* the eq. 6 variant on AveragePool for batch rows whose input holds negatives.
+Options: ``alpha`` (eq. 2 scale, default 1.0), ``reference_compat`` (the reference code's
+variants: ``|sum_i x W-|`` in TSGB-FC and conv groups ignored in TSGB-Conv).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import MethodError
+from ..geometry import window_of
+from ..methods import Method, register_method
+from .gradient import GRADIENT, avgpool_adjoint
+from .registry import RuleSet, opt
+
+TSGB = RuleSet("tsgb", parent=GRADIENT)
+register = TSGB.register
+
+# ops the logits may pass through after the final linear layer (and a bias Add)
+_PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"}
+
+
+class TsgbWarning(UserWarning):
+    """TSGB-specific notices (e.g. no linear layer to rectify)."""
+
+
+@register("Conv", reads=("x0", "y0"))
+def tsgb_conv(ops, node, fwd, grads, opts):
+    """G[X] = sgn(X) * boxT( sum_n Y G[Y] ⊘ box(sum_m |X|) ), per conv group."""
+    x, y, g = fwd.x(0), fwd.y(0), grads[0]
+    w_shape = fwd.x_shape(1)
+    groups = 1 if opt(opts, "reference_compat", False) else int(node.attr("group", 1))
+    x_shape = ops.shape(x)
+    win = window_of(node, x_shape[2:], kernel=w_shape[2:])
+    fused = getattr(ops, "tsgb_conv_step", None)
+    if fused is not None:
+        gx = fused(x, y, g, win, groups)
+    else:
+        gx = tsgb_conv_step(ops, x, y, g, win, groups)
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+def tsgb_conv_step(ops, x, y, g, win, groups: int):
+    """Eq. 5 per group from primitives (a backend may provide a fused `tsgb_conv_step`)."""
+    x_shape, y_shape = ops.shape(x), ops.shape(y)
+    b, m, spatial = x_shape[0], x_shape[1], x_shape[2:]
+    n, out = y_shape[1], y_shape[2:]
+    relevance = ops.sum(ops.reshape(ops.mul(y, g), (b, groups, n // groups) + out), axis=2)
+    mass = ops.sum(ops.reshape(ops.abs(x), (b, groups, m // groups) + spatial), axis=2)
+    ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out))
+    spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
+    signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
+    spread = ops.reshape(spread, (b, groups, 1) + spatial)
+    return ops.reshape(ops.mul(signs, spread), x_shape)
+
+
+@register(["BatchNormalization", "LRN", "InstanceNormalization"], reads=("x0", "y0"))
+def tsgb_normalization(ops, node, fwd, grads, opts):
+    """Eq. 6: G[X] = G[Y] * (Y ⊘ X)."""
+    gx = ops.mul(grads[0], ops.div_stab(fwd.y(0), fwd.x(0)))
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+@register("AveragePool", reads=("x0", "y0"))
+def tsgb_average_pool(ops, node, fwd, grads, opts):
+    """Eq. 6 variant for rows whose input holds negatives; exact gradient for the others."""
+    x, y, g = fwd.x(0), fwd.y(0), grads[0]
+    x_shape = ops.shape(x)
+    exact = avgpool_adjoint(ops, node, g, x_shape)
+    negative_rows = ops.any_negative(x, range(1, len(x_shape)))
+    rescaled = ops.div_stab(avgpool_adjoint(ops, node, ops.mul(g, y), x_shape), x)
+    return [ops.where(negative_rows, rescaled, exact)]
+
+
+def _tsgb_fc(ops, node, fwd, grads, opts):
+    """Eq. 1-2 on the final linear layer: W+ and E * W- with E = alpha * P ⊘ N."""
+    g = grads[0]
+    x = fwd.x(0)
+    if node.op_type == "Gemm":
+        if node.attr("transA", 0):
+            x = ops.swap_last(x)
+        gemm_alpha = node.attr("alpha", 1.0)
+        if gemm_alpha != 1.0:
+            g = ops.mul(g, gemm_alpha)
+    w = fwd.x(1)
+    if node.op_type == "Gemm" and node.attr("transB", 0):
+        w = ops.swap_last(w)
+    w_pos, w_neg = ops.maximum(w, 0.0), ops.minimum(w, 0.0)
+    positive = ops.matmul(x, w_pos)
+    if opt(opts, "reference_compat", False):
+        negative = ops.abs(ops.matmul(x, w_neg))
+    else:
+        negative = ops.matmul(ops.abs(x), ops.abs(w_neg))
+    scale = ops.mul(ops.div_stab(positive, negative), float(opt(opts, "alpha", 1.0)))
+    gx = ops.add(ops.matmul(g, ops.swap_last(w_pos)),
+                 ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
+    if node.op_type == "Gemm" and node.attr("transA", 0):
+        gx = ops.swap_last(gx)
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+_FC_RULES = RuleSet("tsgb")
+_FC_RULES.register(["Gemm", "MatMul"], reads=("x0",))(_tsgb_fc)
+
+
+def final_linear_node(graph):
+    """The Gemm/MatMul (constant weight) that produces the logits, or None."""
+    tensor = graph.logits_name
+    while tensor in graph.producer:
+        node = graph.producer[tensor]
+        if node.op_type in ("Gemm", "MatMul"):
+            return node if node.is_const(1) and not node.is_const(0) else None
+        if node.op_type in _PASS_THROUGH:
+            tensor = node.inputs[0]
+        elif node.op_type == "Add" and (node.is_const(0) or node.is_const(1)):
+            tensor = node.inputs[1] if node.is_const(0) else node.inputs[0]
+        else:
+            return None
+    return None
+
+
+def _choose(method, node, graph, options):
+    if node.op_type in ("Gemm", "MatMul"):
+        final = final_linear_node(graph)
+        if final is not None and final.name == node.name:
+            return _FC_RULES.lookup(node.op_type)
+    return None
+
+
+def _prepare(graph, options) -> None:
+    if final_linear_node(graph) is None:
+        warnings.warn(
+            "tsgb: no linear layer (Gemm/MatMul with constant weights) produces the logits, "
+            "so TSGB-FC is not applied; the map uses TSGB-Conv and exact gradients only",
+            TsgbWarning, stacklevel=4,
+        )
+
+
+def _check(options: dict) -> None:
+    alpha = options["alpha"]
+    if not isinstance(alpha, (int, float, np.floating)) or not np.isfinite(alpha) or alpha < 0:
+        raise MethodError(f"tsgb: alpha must be a finite number >= 0, got {alpha!r}")
+
+
+register_method(Method(
+    "tsgb", TSGB, defaults={"alpha": 1.0, "reference_compat": False},
+    description="Target-Selective Gradient Backprop (TSGB-FC + TSGB-Conv)",
+    chooser=_choose, check_options=_check, prepare=_prepare,
+))

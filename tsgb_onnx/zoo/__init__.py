@@ -1,0 +1,1 @@
+"""Small model zoo: PyTorch definitions of real networks with shipped weights."""

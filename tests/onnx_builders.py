@@ -41,6 +41,9 @@ def make_model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
+    # the output's type needs a shape for the checker: take the inferred one
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
     if check:
         onnx.checker.check_model(model)
     return model

@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 import pytest
 from onnx import TensorProto
+from onnx.numpy_helper import from_array as tensor
 
-from onnx_builders import evaluate, fd_vjp, make_model, node as N
+from onnx_builders import evaluate, fd_vjp, make_model, node as N, to_float64
 from tsgb_onnx import Explainer, UnsupportedOpError
 
 F32 = np.float32
@@ -112,7 +113,7 @@ def then_scale(id, nodes, x_shape, inits=None, **kw):
 
 
 S4 = (2, 3, 5, 5)
-LIN = 0.5  # float32 FD step for (piecewise-)linear ops: exact away from kinks
+LIN = 0.5  # float32 FD step for linear ops (Conv, pools): the quotient is exact for any step
 
 CONV = [
     one("conv1d_stride_asym_pads", "Conv", (2, 3, 9), [w(4, 3, 3)], eps32=LIN,
@@ -142,6 +143,9 @@ CONV = [
         group=3, pads=[1, 1, 1, 1]),
     one("conv2d_depthwise_m2", "Conv", (1, 3, 5, 5), [w(6, 1, 3, 3)], eps32=LIN,
         group=3, strides=[2, 2], pads=[1, 0, 1, 1]),
+    # (ONNX Runtime's Conv rejects dilations with auto_pad SAME_*: no such case here)
+    one("conv2d_pads_exceed_kernel", "Conv", (1, 2, 4, 4), [w(2, 2, 2, 2)], eps32=LIN,
+        pads=[2, 3, 3, 2], strides=[2, 3]),
     one("conv3d", "Conv", (1, 2, 4, 5, 5), [w(3, 2, 2, 3, 3), w(3)], eps32=LIN,
         strides=[1, 2, 1], pads=[0, 1, 1, 1, 0, 1]),
     one("conv3d_depthwise_dilated", "Conv", (1, 2, 4, 5, 5), [w(2, 1, 2, 2, 2)], eps32=LIN,
@@ -165,6 +169,8 @@ MAXPOOL = [
         strides=[2, 2], auto_pad="SAME_UPPER"),
     one("maxpool_same_lower", "MaxPool", (1, 2, 6, 6), x=distinct, kernel_shape=[2, 2],
         auto_pad="SAME_LOWER"),
+    one("maxpool_same_upper_dilated", "MaxPool", (1, 2, 6, 6), x=distinct, kernel_shape=[2, 2],
+        strides=[2, 2], dilations=[2, 2], auto_pad="SAME_UPPER"),
     one("maxpool_1d", "MaxPool", (2, 3, 9), x=distinct, kernel_shape=[3], strides=[2],
         pads=[1, 1]),
     one("maxpool_3d", "MaxPool", (1, 2, 4, 4, 5), x=distinct, kernel_shape=[2, 2, 3],
@@ -187,12 +193,16 @@ AVGPOOL = [
         pads=[0, 1, 2, 1], count_include_pad=1),
     one("avgpool_ceil", "AveragePool", (1, 2, 6, 6), eps32=LIN, kernel_shape=[3, 3],
         strides=[2, 2], ceil_mode=1),
+    one("avgpool_ceil_cip1", "AveragePool", (1, 2, 6, 6), eps32=LIN, kernel_shape=[3, 3],
+        strides=[2, 2], ceil_mode=1, count_include_pad=1),
     one("avgpool_ceil_pads_cip0", "AveragePool", (1, 2, 6, 7), eps32=LIN, kernel_shape=[3, 3],
         strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0),
     one("avgpool_ceil_pads_cip1", "AveragePool", (1, 2, 6, 7), eps32=LIN, kernel_shape=[3, 3],
         strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
     one("avgpool_same_upper", "AveragePool", (1, 2, 5, 5), eps32=LIN, kernel_shape=[2, 2],
         strides=[2, 2], auto_pad="SAME_UPPER"),
+    one("avgpool_same_lower_cip1", "AveragePool", (1, 2, 5, 6), eps32=LIN, kernel_shape=[3, 2],
+        strides=[2, 2], auto_pad="SAME_LOWER", count_include_pad=1),
     one("avgpool_1d", "AveragePool", (2, 3, 9), eps32=LIN, kernel_shape=[3], strides=[2],
         pads=[1, 1], count_include_pad=1),
     one("avgpool_3d", "AveragePool", (1, 2, 4, 4, 5), eps32=LIN, kernel_shape=[2, 2, 3],
@@ -200,6 +210,7 @@ AVGPOOL = [
     one("avgpool_dilations_opset19", "AveragePool", (1, 2, 7, 7), opset=19, eps32=LIN,
         kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 2]),
     one("global_avgpool_2d", "GlobalAveragePool", S4, eps32=LIN),
+    one("global_avgpool_3d", "GlobalAveragePool", (1, 2, 3, 3, 4), eps32=LIN),
     one("global_avgpool_1d", "GlobalAveragePool", (2, 3, 7), eps32=LIN),
 ]
 
@@ -211,6 +222,7 @@ REDUCE = [
     one("reducemean_opset18_axes_input", "ReduceMean", S4, [i64(1, -1)], opset=18, keepdims=1),
     one("reducemean_opset18_axes_input_keepdims0", "ReduceMean", S4, [i64(0, 2)], opset=18,
         keepdims=0),
+    one("reducemean_opset18_empty_axes_input", "ReduceMean", S4, [i64()], opset=18, keepdims=0),
     one("reducemean_opset18_no_axes", "ReduceMean", S4, opset=18, keepdims=1),
     one("reducemean_opset18_noop_empty_axes", "ReduceMean", S4, opset=18,
         noop_with_empty_axes=1),
@@ -224,7 +236,6 @@ NORM = [
     one("batchnorm_2d", "BatchNormalization", (4, 3), [w(3), w(3), w(3), pos(3)]),
     one("batchnorm_3d_input", "BatchNormalization", (2, 3, 6), [w(3), w(3), w(3), pos(3)]),
     one("lrn_size3", "LRN", (2, 5, 3, 3), size=3, alpha=0.5, beta=0.75),
-    one("lrn_size4", "LRN", (2, 5, 3, 3), size=4, alpha=0.8, beta=0.6, bias=2.0),
     one("lrn_size5_default_alpha", "LRN", (1, 6, 2, 2), size=5),
     one("instancenorm_4d", "InstanceNormalization", (2, 3, 4, 4), [w(3) + 1, w(3)]),
     one("instancenorm_3d", "InstanceNormalization", (2, 3, 6), [w(3) + 1, w(3)], epsilon=1e-3),
@@ -285,6 +296,9 @@ ACT = [
     one("prelu_per_channel", "PRelu", S4, [w(3, 1, 1)], x=away(0.0)),
     one("prelu_scalar_slope", "PRelu", S4, [w(1)], x=away(0.0)),
     one("prelu_full_slope", "PRelu", (2, 3, 4), [w(3, 4)], x=away(0.0)),
+    case("prelu_slope_from_x",  # the slope receives a signal too
+         [N("ReduceMean", ["X"], ["M"], axes=[0, 2, 3], keepdims=1),
+          N("PRelu", ["X", "M"], ["Y"])], S4, x=away(0.0)),
     one("sigmoid", "Sigmoid", S4),
     one("tanh", "Tanh", S4),
     one("hard_sigmoid_default", "HardSigmoid", S4, x=away(-2.5, 2.5, lo=-4, hi=4)),
@@ -301,6 +315,8 @@ ACT = [
     then_scale("logsoftmax_axis1", [N("LogSoftmax", ["X"], ["T"], axis=1)], S4),
     then_scale("logsoftmax_axis_last", [N("LogSoftmax", ["X"], ["T"])], S4),
     then_scale("logsoftmax_opset11_coerced_axis1", [N("LogSoftmax", ["X"], ["T"], axis=1)], S4,
+               opset=11),
+    then_scale("logsoftmax_opset11_default_axis", [N("LogSoftmax", ["X"], ["T"])], S4,
                opset=11),
     then_scale("logsoftmax_opset11_coerced_axis2", [N("LogSoftmax", ["X"], ["T"], axis=2)], S4,
                opset=11),
@@ -333,7 +349,8 @@ ARITH = [
     case("div_x_by_sigmoid_of_slice",
          [N("Slice", ["X", "s0", "e0", "a0"], ["X0"]), N("Sigmoid", ["X0"], ["G"]),
           N("Div", ["X", "G"], ["Y"])], S4, _SL),
-    case("div_x_by_x", [N("Div", ["X", "X"], ["Y"])], (2, 3), x=far_from_zero),
+    case("div_sigmoid_x_by_x", [N("Sigmoid", ["X"], ["G"]), N("Div", ["G", "X"], ["Y"])], S4,
+         x=far_from_zero),
     case("sum_three_with_broadcast",
          [N("Relu", ["X"], ["R"]), N("Sum", ["X", "R", "C"], ["Y"])], S4, {"C": w(3, 1, 1)},
          x=away(0.0)),
@@ -380,10 +397,13 @@ PLUMB = [
     one("slice_default_axes", "Slice", S4, [i64(1, 1), i64(2, 3)]),
     one("slice_clamped_mixed", "Slice", S4, [i64(-10, 1, 3), i64(10, -1, 0), i64(1, 2, 3),
                                            i64(1, 1, -1)]),
+    one("slice_axes_out_of_order", "Slice", S4, [i64(-2, 0), i64(0, 2), i64(3, -3),
+                                               i64(-1, 1)]),
     one("slice_opset9_attrs", "Slice", S4, opset=9, starts=[1, -4], ends=[3, 100], axes=[1, 3]),
     one("flatten_axis1", "Flatten", S4),
     one("flatten_axis0", "Flatten", S4, axis=0),
     one("flatten_axis_neg1", "Flatten", S4, axis=-1),
+    one("flatten_axis_rank", "Flatten", S4, axis=4),
     one("reshape", "Reshape", S4, [i64(0, -1, 5)]),
     one("squeeze_axes_input", "Squeeze", (2, 1, 4, 1), [i64(1)]),
     one("squeeze_all", "Squeeze", (2, 1, 4, 1)),
@@ -395,8 +415,11 @@ PLUMB = [
     one("pad_constant_value", "Pad", S4, [i64(0, 0, 1, 2, 0, 0, 2, 1), np.array(0.5, F32)]),
     one("pad_constant_channels", "Pad", S4, [i64(0, 1, 0, 0, 0, 2, 0, 0)]),
     one("pad_reflect", "Pad", S4, [i64(0, 0, 2, 1, 0, 0, 1, 3)], mode="reflect"),
+    one("pad_reflect_max", "Pad", S4, [i64(0, 0, 4, 0, 0, 0, 4, 4)], mode="reflect"),
     one("pad_edge", "Pad", S4, [i64(0, 0, 3, 0, 0, 0, 1, 6)], mode="edge"),
     one("pad_wrap_opset19", "Pad", S4, [i64(0, 0, 2, 1, 0, 0, 1, 3)], opset=19, mode="wrap"),
+    one("pad_wrap_more_than_dim", "Pad", (2, 3, 4), [i64(0, 0, 6, 0, 0, 9)], opset=19,
+        mode="wrap"),
     one("pad_negative_constant", "Pad", S4, [i64(0, 0, -1, 2, 0, 0, 1, -2)]),
     one("pad_negative_reflect", "Pad", S4, [i64(0, 0, -1, 2, 0, 0, 2, -1)], mode="reflect"),
     one("pad_negative_edge", "Pad", S4, [i64(0, 0, 2, -2, 0, 0, -1, 3)], mode="edge"),
@@ -405,6 +428,15 @@ PLUMB = [
     one("pad_opset18_axes_constant", "Pad", S4, [i64(1, 2), np.array(-1.0, F32), i64(1)],
         opset=18),
     one("pad_opset10_attrs", "Pad", S4, opset=10, pads=[0, 0, 1, 2, 0, 0, 2, 1], mode="edge"),
+    case("concat_single_input", [N("Concat", ["X"], ["Y"], axis=0)], S4),
+    case("constant_nodes_as_inputs",  # Constant nodes (not initializers) feed Clip, Pad, Reshape
+         [N("Constant", [], ["lo"], value=tensor(np.array(-0.3, F32))),
+          N("Constant", [], ["pads"], value=tensor(i64(0, 0, 1, 0, 0, 0, 0, 2))),
+          N("Constant", [], ["shape"], value=tensor(i64(2, -1))),
+          N("Clip", ["X", "lo"], ["C"]),
+          N("Pad", ["C", "pads"], ["P"], mode="reflect"),
+          N("Reshape", ["P", "shape"], ["Y"])],
+         S4, x=away(-0.3), op="Clip"),
     then_scale("identity", [N("Identity", ["X"], ["T"])], S4),
     then_scale("dropout", [N("Dropout", ["X"], ["T"])], S4),
     then_scale("dropout_ratio_and_mask", [N("Dropout", ["X", "r"], ["T", "M"])], S4,
@@ -412,6 +444,15 @@ PLUMB = [
     case("cast_double_tanh_cast_float",
          [N("Cast", ["X"], ["D"], to=TensorProto.DOUBLE), N("Tanh", ["D"], ["T"]),
           N("Cast", ["T"], ["Y"], to=TensorProto.FLOAT)], S4),
+    case("integer_side_path_needs_no_rule",  # ArgMax has no rule but carries no signal
+         [N("ArgMax", ["X"], ["I"], axis=1, keepdims=1),
+          N("Cast", ["I"], ["F"], to=TensorProto.FLOAT),
+          N("Mul", ["X", "F"], ["Y"])], S4, x=distinct),
+    case("split_unused_output_feeds_dead_branch",
+         [N("Split", ["X", "sp"], ["A", "B", "C"], axis=1),
+          N("Relu", ["B"], ["dead"]),
+          N("Concat", ["A", "C"], ["Y"], axis=1)],
+         (2, 5, 3, 3), {"sp": i64(2, 1, 2)}, op="Split"),
     then_scale("cast_float_to_float", [N("Cast", ["X"], ["T"], to=TensorProto.FLOAT)], S4),
 ]
 
@@ -437,12 +478,136 @@ def test_rule_matches_finite_differences(spec: Spec):
     fd, in_float64 = fd_vjp(model, x, seed, eps32=spec.eps32)
 
     assert got.shape == x.shape
+    if in_float64:  # the float64 copy computes the same function
+        y64 = evaluate(to_float64(model), x.astype(np.float64))
+        np.testing.assert_allclose(y64, y, rtol=1e-4, atol=1e-5 * (np.abs(y).max() + 1))
     scale = np.abs(fd).max()
     assert scale > 1e-3, "degenerate case: the gradient is zero"
-    rtol, atol = (1e-4, 1e-6) if in_float64 else (1e-3, 1e-5)
+    if in_float64:
+        rtol, atol = 1e-5, 1e-7
+    elif spec.eps32 >= LIN:  # linear op: the float32 difference quotient is exact
+        rtol, atol = 1e-5, 1e-7
+    else:
+        rtol, atol = 1e-3, 1e-5
     err = np.abs(got - fd).max()
     where = np.unravel_index(np.argmax(np.abs(got - fd)), x.shape)
     assert err <= rtol * scale + atol, (
         f"max |vjp - fd| = {err:.3g} at {where} (vjp {got[where]:.6g}, fd {fd[where]:.6g}); "
         f"max |fd| = {scale:.3g}; oracle {'float64' if in_float64 else 'float32'}"
     )
+
+
+def test_every_gradient_rule_has_a_case():
+    from tsgb_onnx.rules.gradient import GRADIENT
+
+    tested = {p.values[0].op for p in ALL}
+    assert GRADIENT.op_types() <= tested, (
+        f"rules without a finite-difference case: {sorted(GRADIENT.op_types() - tested)}")
+
+
+# -- MaxPool ties: the signal goes to the first maximum in row-major window order --------------
+TIES = [
+    pytest.param(2, dict(kernel=2, stride=2, pad=0, dil=1, ceil=False), id="2d_k2s2"),
+    pytest.param(2, dict(kernel=3, stride=1, pad=1, dil=1, ceil=False), id="2d_k3s1_pad1"),
+    pytest.param(2, dict(kernel=3, stride=2, pad=1, dil=1, ceil=True), id="2d_k3s2_pad1_ceil"),
+    pytest.param(2, dict(kernel=2, stride=1, pad=0, dil=2, ceil=False), id="2d_k2_dil2"),
+    pytest.param(1, dict(kernel=3, stride=2, pad=1, dil=1, ceil=True), id="1d_k3s2_pad1_ceil"),
+    pytest.param(3, dict(kernel=2, stride=1, pad=0, dil=1, ceil=False), id="3d_k2s1"),
+]
+
+
+@pytest.mark.parametrize("nd, p", TIES)
+def test_maxpool_ties_match_torch(nd, p):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    spatial = {1: (9,), 2: (7, 7), 3: (4, 4, 5)}[nd]
+    rng = np.random.default_rng(7 + nd)
+    x = rng.integers(0, 3, (2, 2) + spatial).astype(F32)  # many ties
+    x[(0, 0) + (slice(0, 3),) * nd] = 5.0                   # an all-equal window
+    k, s, d = p["kernel"], p["stride"], p["dil"]
+    model = make_model([N("MaxPool", ["X"], ["Y"], kernel_shape=[k] * nd, strides=[s] * nd,
+                          dilations=[d] * nd, pads=[p["pad"]] * (2 * nd),
+                          ceil_mode=int(p["ceil"]))], x.shape)
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+    xt = torch.tensor(x, requires_grad=True)
+    yt = pool(xt, k, s, padding=p["pad"], dilation=d, ceil_mode=p["ceil"])
+    y = evaluate(model, x)
+    np.testing.assert_array_equal(y, yt.detach().numpy())  # same windows as ONNX Runtime
+    seed = rng.standard_normal(y.shape).astype(F32)
+    yt.backward(torch.tensor(seed))
+    got = Explainer(model, method="gradient").vjp(x, seed)
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+# -- LRN with an even size: ONNX Runtime's CPU kernel rejects it, so the rule is checked
+#    directly against the spec formula (window c - floor((size-1)/2) .. c + ceil((size-1)/2)).
+class _FakeNode:
+    def __init__(self, **attrs):
+        self.attrs = attrs
+        self.name, self.op_type = "lrn", "LRN"
+
+    def attr(self, key, default=None):
+        return self.attrs.get(key, default)
+
+
+class _FakeFwd:
+    def __init__(self, x):
+        self._x = x
+
+    def x(self, i):
+        assert i == 0
+        return self._x
+
+
+def _lrn_spec(x, size, alpha, beta, bias):
+    C = x.shape[1]
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)  # floor, ceil
+    sq = np.zeros_like(x)
+    for c in range(C):
+        sq[:, c] = np.sum(x[:, max(0, c - lo):min(C - 1, c + hi) + 1] ** 2, axis=1)
+    return x / (bias + alpha / size * sq) ** beta
+
+
+@pytest.mark.parametrize("size", [2, 4, 3])
+def test_lrn_rule_matches_spec_formula(size):
+    from tsgb_onnx.backends import NumpyOps
+    from tsgb_onnx.rules.gradient import GRADIENT
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((2, 6, 2, 3)).astype(F32)
+    attrs = dict(size=size, alpha=0.8, beta=0.6, bias=2.0)
+    if size == 3:  # ONNX Runtime runs odd sizes: the formula must agree with it
+        ort_y = evaluate(make_model([N("LRN", ["X"], ["Y"], **attrs)], x.shape), x)
+        np.testing.assert_allclose(_lrn_spec(x.astype(np.float64), **attrs), ort_y, rtol=1e-5)
+    seed = rng.standard_normal(x.shape)
+    rule = GRADIENT.lookup("LRN").fn
+    got = rule(NumpyOps(), _FakeNode(**attrs), _FakeFwd(x), [seed.astype(F32)], {})[0]
+    fd = np.zeros(x.shape)
+    x64 = x.astype(np.float64)
+    for i in np.ndindex(x.shape):
+        up, down = x64.copy(), x64.copy()
+        up[i] += 1e-6
+        down[i] -= 1e-6
+        fd[i] = np.sum((_lrn_spec(up, **attrs) - _lrn_spec(down, **attrs)) * seed) / 2e-6
+    assert np.abs(got - fd).max() <= 1e-5 * np.abs(fd).max() + 1e-7
+
+
+# -- an op without a rule on the backward path fails at construction --------------------------
+def test_unsupported_op_erf_names_node_and_op():
+    model = make_model([N("Erf", ["X"], ["E"], name="my_erf_node"),
+                        N("Mul", ["E", "K"], ["Y"])], S4, {"K": w(*S4)})
+    with pytest.raises(UnsupportedOpError) as info:
+        Explainer(model, method="gradient")
+    msg = str(info.value)
+    assert "my_erf_node" in msg and "Erf" in msg
+    assert ("my_erf_node", "Erf") in info.value.nodes
+
+
+def test_unsupported_op_topk_names_node_and_op():
+    model = make_model([N("Relu", ["X"], ["R"]),
+                        N("TopK", ["R", "k"], ["Y", "idx"], name="the_topk", axis=-1)],
+                       (2, 7), {"k": i64(3)})
+    with pytest.raises(UnsupportedOpError) as info:
+        Explainer(model, method="gradient")
+    msg = str(info.value)
+    assert "the_topk" in msg and "TopK" in msg

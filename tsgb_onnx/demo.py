@@ -21,9 +21,13 @@ def cache_dir() -> Path:
     return path
 
 
-def lite0_onnx(dynamo: bool = False) -> Path:
-    """Pretrained EfficientNet-Lite0 exported to ONNX once, cached on disk."""
-    path = cache_dir() / f"efficientnet_lite0{'_dynamo' if dynamo else ''}.onnx"
+def lite0_onnx(dynamo: bool = False, size: tuple[int, int] = (224, 224)) -> Path:
+    """Pretrained EfficientNet-Lite0 exported to ONNX once per input size, cached on disk.
+
+    TF-"SAME" pads depend on the input size, so each size is its own export.
+    """
+    tag = ("_dynamo" if dynamo else "") + ("" if size == (224, 224) else f"_{size[0]}x{size[1]}")
+    path = cache_dir() / f"efficientnet_lite0{tag}.onnx"
     if not path.exists():
         import torch
 
@@ -31,7 +35,8 @@ def lite0_onnx(dynamo: bool = False) -> Path:
         from .zoo.efficientnet_lite0 import efficientnet_lite0
 
         tmp = path.with_suffix(".tmp")
-        from_torch(efficientnet_lite0(pretrained=True), torch.zeros(LITE0_INPUT), tmp, dynamo=dynamo)
+        example = torch.zeros((1, 3) + tuple(size))
+        from_torch(efficientnet_lite0(pretrained=True), example, tmp, dynamo=dynamo)
         tmp.replace(path)
     return path
 
@@ -46,6 +51,24 @@ def photo(name: str) -> np.ndarray:
 
 
 LITE0_PREP = Preprocessing(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=False)
+CAT, ESPRESSO = 285, 967  # ImageNet classes of chelsea (Egyptian cat) and coffee (espresso)
+
+
+def two_photo_input() -> tuple[np.ndarray, np.ndarray]:
+    """chelsea (left) and coffee (right), each 224x224: (uint8 RGB [224, 448, 3], x [1,3,224,448])."""
+    rgb = np.concatenate([fit_image(photo("chelsea"), LITE0_PREP),
+                          fit_image(photo("coffee"), LITE0_PREP)], axis=1)
+    return rgb, to_tensor(rgb, LITE0_PREP)
+
+
+def half_shares(saliency: np.ndarray) -> tuple[float, float]:
+    """Share of positive saliency mass on the left and right halves of a [H, W] map."""
+    positive = np.maximum(saliency, 0)
+    total = float(positive.sum())
+    if total == 0:
+        return 0.0, 0.0
+    left = float(positive[:, : positive.shape[1] // 2].sum()) / total
+    return left, 1.0 - left
 
 
 def _label(rgb: np.ndarray, text: str) -> np.ndarray:

@@ -50,6 +50,12 @@ class Window:
             for i in range(self.nd)
         )
 
+    @property
+    def is_identity(self) -> bool:
+        """A 1x1 window with stride 1 and no padding: box sums are the identity."""
+        return (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
+                and not any(self.pads))
+
     def crop(self, spatial: Sequence[int]) -> tuple[slice, ...]:
         return tuple(slice(self.pads[i], self.pads[i] + spatial[i]) for i in range(self.nd))
 

@@ -36,9 +36,14 @@ def _first(grads):
 
 
 # -- pass-through --------------------------------------------------------------------------
-@register(["Identity", "Dropout", "Cast"])
+@register(["Identity", "Dropout"])
 def identity(ops, node, fwd, grads, opts):
     return [_first(grads)] + [None] * (len(node.inputs) - 1)
+
+
+@register("Cast")
+def cast(ops, node, fwd, grads, opts):
+    return [ops.asarray(_first(grads))]  # back to the engine's float32
 
 
 @register(["Flatten", "Reshape", "Squeeze", "Unsqueeze"], reads=("x0.shape",))

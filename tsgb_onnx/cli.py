@@ -22,6 +22,28 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _check_out(out: str | None) -> Path | None:
+    """Validate --out before any work is done."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.suffix.lower() not in (".npy", ".png"):
+        raise InputError(f"--out must end in .npy or .png, got '{out}'")
+    if not path.parent.exists():
+        raise InputError(f"--out folder '{path.parent}' does not exist")
+    return path
+
+
 def _method_options(args) -> dict:
     options = {}
     if args.alpha is not None:
@@ -53,35 +75,33 @@ def cmd_explain(args) -> int:
     from .explainer import Explainer
     from .render import heatmap, save_png
 
+    out = _check_out(args.out)
     explainer = Explainer(args.model, method=args.method, output=args.output,
                           **_method_options(args))
-    size = args.size or _input_size(explainer.graph, args.layout) or 224
-    prep = Preprocessing(size=size, mean=args.mean, std=args.std, layout=args.layout,
+    graph = explainer.graph
+    layout = args.layout or ("nhwc" if graph.channel_axis(graph.input_name) == -1 else "nchw")
+    size = args.size or _input_size(graph, layout) or 224
+    prep = Preprocessing(size=size, mean=args.mean, std=args.std, layout=layout,
                          crop=not args.no_crop)
     rank = len(explainer.graph.input_shape or (0, 0, 0, 0))
     x, shown, names = load_inputs(args.inputs, prep, rank=rank)
     result = explainer.explain(x, target=_parse_target(args.target), layer=args.layer)
     saliency = result.saliency
-    if args.layout == "nhwc" and args.layer is None:  # channels are the last input axis
-        saliency = (result.signal * x).sum(axis=-1)
     for i, name in enumerate(names):
         t = int(result.target[i])
         print(f"{name}: target {t} (logit {result.logits[i, t]:.4f}), "
               f"saliency {tuple(saliency.shape[1:])} range [{saliency[i].min():.3g}, "
               f"{saliency[i].max():.3g}]")
-    if args.out is None:
+    if out is None:
         return 0
-    out = Path(args.out)
-    if out.suffix == ".npy":
+    if out.suffix.lower() == ".npy":
         np.save(out, saliency)
         print(f"wrote {out}")
-    elif out.suffix == ".png":
+    else:
         for i, name in enumerate(names):
             path = out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}")
             save_png(heatmap(saliency[i], shown[i]), path)
             print(f"wrote {path}")
-    else:
-        raise InputError(f"--out must end in .npy or .png, got '{out}'")
     return 0
 
 
@@ -117,9 +137,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"tsgb: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tsgb", description="Saliency maps for ONNX CNNs.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="tsgb", description="Saliency maps for ONNX CNNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def method_flags(sp):
         sp.add_argument("--method", default="tsgb",
@@ -136,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     method_flags(e)
     e.add_argument("--target", default="top1", help="'top1', a class index, or one per input: 3,7")
     e.add_argument("--out", default=None, help="write saliency to .npy (raw) or .png (heat map)")
-    e.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
+    e.add_argument("--size", type=_positive_int, default=None, help="image size (default: the model's)")
     e.add_argument("--mean", type=_floats, default=IMAGENET_MEAN, help="per-channel mean")
     e.add_argument("--std", type=_floats, default=IMAGENET_STD, help="per-channel std")
-    e.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    e.add_argument("--layout", choices=("nchw", "nhwc"), default=None,
+                   help="image tensor layout (default: detected from the model)")
     e.add_argument("--no-crop", action="store_true", help="resize to size×size without cropping")
     e.set_defaults(func=cmd_explain)
 
@@ -157,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except TsgbError as exc:

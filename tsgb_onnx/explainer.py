@@ -23,6 +23,7 @@ class Explanation:
     """Result of one explanation call (all arrays are NumPy)."""
 
     saliency: np.ndarray  # [B, *spatial] = sum over channels of signal * activation at `layer`
+    #                       (channels-last inputs, e.g. NHWC Keras exports, are detected)
     signal: np.ndarray    # backward signal at `layer`, same shape as that tensor
     logits: np.ndarray    # [B, classes]
     target: np.ndarray    # [B] int64
@@ -91,7 +92,8 @@ class Explainer:
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops
         product = ops.mul(signal, activation)
-        saliency = ops.sum(product, axis=1) if ops.ndim(product) > 1 else product
+        axis = self.graph.channel_axis(program.layer)
+        saliency = ops.sum(product, axis=axis) if ops.ndim(product) > 1 else product
         return Explanation(
             saliency=ops.to_numpy(saliency), signal=ops.to_numpy(signal),
             logits=np.asarray(logits), target=targets, layer=program.layer,

@@ -136,6 +136,20 @@ class Graph:
             return shape[1]
         return None
 
+    def channel_axis(self, tensor: str) -> int:
+        """Channel axis of `tensor`: -1 when every consumer transposes channels-last to
+        channels-first (NHWC inputs of TensorFlow/Keras exports), else 1."""
+        shape = self.shapes.get(tensor)
+        consumers = self.consumers.get(tensor, [])
+        if not shape or len(shape) < 3 or not consumers:
+            return 1
+        rank = len(shape)
+        to_first = [0, rank - 1] + list(range(1, rank - 1))
+        if all(n.op_type == "Transpose" and list(n.attr("perm") or []) == to_first
+               for n in consumers):
+            return -1
+        return 1
+
     def op_types(self) -> list[str]:
         return sorted({n.op_type for n in self.nodes})
 

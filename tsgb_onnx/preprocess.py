@@ -26,6 +26,17 @@ class Preprocessing:
     crop: bool = True
     resize_ratio: float = 256 / 224
 
+    def __post_init__(self):
+        if self.size <= 0:
+            raise InputError(f"image size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise InputError(
+                f"--mean and --std need 3 values (R,G,B), got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"--std values must be positive, got {','.join(map(str, self.std))}")
+        if self.layout not in ("nchw", "nhwc"):
+            raise InputError(f"layout must be nchw or nhwc, got '{self.layout}'")
+
 
 def load_rgb(path: str | Path) -> np.ndarray:
     """An image file as uint8 RGB [H, W, 3]."""

@@ -1,0 +1,95 @@
+"""Engine internals: program contents, recording only what is read, release, TF-style graphs."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from tsgb_onnx import Explainer
+from tsgb_onnx.executor import run_program
+from tsgb_onnx.backends import NumpyOps
+
+
+def test_gradient_records_only_what_rules_read(onnx_zoo):
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    explainer = Explainer(proto, method="gradient")
+    program = explainer.program()
+    graph = explainer.graph
+    relu_outputs = {n.outputs[0] for n in graph.nodes if n.op_type == "Relu"}
+    pool_inputs = {n.inputs[0] for n in graph.nodes if n.op_type == "MaxPool"}
+    # Conv/Gemm gradients need no activations (constant weights): only ReLU masks and pool arg-max
+    assert set(program.record) == {graph.input_name} | relu_outputs | pool_inputs
+    assert len(program) == len(graph.nodes)
+    text = str(program)
+    assert f"{len(program)} steps" in text and "gradient.conv" in text
+
+
+def test_forward_tensors_released_after_last_use(onnx_zoo):
+    _, proto = onnx_zoo.get("resnet50_style", False)
+    explainer = Explainer(proto, method="tsgb")
+    program = explainer.program()
+    x = onnx_zoo.example("resnet50_style", 1, 0).numpy()
+    logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
+    assert set(values) == set(program.record)
+    released = [t for s in program.steps for t in s.release]
+    assert len(released) == len(set(released)) == len(program.record) - 1
+    seed = np.zeros_like(logits)
+    seed[0, 0] = 1
+    run_program(program, NumpyOps(), values, shapes, seed)
+    assert set(values) == {program.layer}  # everything else was dropped on the way
+
+
+def _tf_style_model():
+    """NHWC input → Transpose → Conv(SAME_UPPER) → Relu → ReduceMean → MatMul + Add → Softmax."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3
+    fc = rng.standard_normal((6, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("Relu", ["conv"], ["act"]),
+        helper.make_node("ReduceMean", ["act"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "fc"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tf_style",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 9, 9, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"),
+         numpy_helper.from_array(bias, "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+
+    def torch_logits(x):
+        h = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (1, 1, 1, 1))  # SAME for 9, k3, s2
+        h = torch.relu(torch.nn.functional.conv2d(h, torch.as_tensor(w), stride=2))
+        return h.mean((2, 3)) @ torch.as_tensor(fc) + torch.as_tensor(bias)
+
+    return model, torch_logits
+
+
+@pytest.mark.parametrize("method", ["gradient", "tsgb"])
+def test_tensorflow_style_graph(method):
+    model, torch_logits = _tf_style_model()
+    x = np.random.default_rng(1).standard_normal((2, 9, 9, 3)).astype(np.float32)
+    explainer = Explainer(model, method=method)
+    assert explainer.graph.logits_name == "logits"  # the Softmax is cut
+    result = explainer.explain(x, target=[1, 3])
+    assert result.signal.shape == x.shape
+    assert result.saliency.shape == (2, 9, 9)  # channels-last input: summed over the last axis
+    np.testing.assert_allclose(result.saliency, (result.signal * x).sum(-1), rtol=1e-6, atol=1e-9)
+    if method == "gradient":
+        xt = torch.as_tensor(x).requires_grad_(True)
+        logits = torch_logits(xt)
+        (logits[0, 1] + logits[1, 3]).backward()
+        expected = xt.grad.numpy()
+        assert np.abs(result.signal - expected).max() <= 1e-4 * np.abs(expected).max()
+        np.testing.assert_allclose(result.logits, logits.detach().numpy(), rtol=1e-5, atol=1e-5)
+    else:
+        assert [s.rule.label for s in explainer.program().steps if s.node.op_type == "MatMul"] \
+            == ["tsgb._tsgb_fc"]
+        assert np.isfinite(result.saliency).all()

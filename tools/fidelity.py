@@ -1,0 +1,69 @@
+"""Fidelity table: engine vs independent references, max |diff| / max |map|.
+
+    python tools/fidelity.py
+
+`gradient` is compared with PyTorch autograd, `tsgb` with the PyTorch reference of SPEC §1
+in tests/tsgb_reference.py, on the reference nets of tests/nets.py (batch 2, a different
+target per row) and pretrained EfficientNet-Lite0 (chelsea + coffee), both exporters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from nets import REFERENCE_NETS, export_onnx  # noqa: E402
+from tsgb_reference import tsgb_saliency  # noqa: E402
+
+from tsgb_onnx import Explainer  # noqa: E402
+from tsgb_onnx.demo import LITE0_PREP, fit_image, photo, to_tensor  # noqa: E402
+
+
+def autograd_saliency(model, x, target):
+    xt = torch.as_tensor(x).clone().requires_grad_(True)
+    logits = model(xt)
+    seed = torch.zeros_like(logits)
+    seed[torch.arange(len(target)), torch.as_tensor(target)] = 1
+    logits.backward(seed)
+    return (xt.grad * xt.detach()).sum(1).numpy()
+
+
+def cases():
+    for name, (factory, shape) in REFERENCE_NETS.items():
+        x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+        yield name, factory(), x, [3, 1]
+    from tsgb_onnx.zoo.efficientnet_lite0 import efficientnet_lite0
+    x = np.concatenate([to_tensor(fit_image(photo(p), LITE0_PREP), LITE0_PREP)
+                        for p in ("chelsea", "coffee")])
+    yield "efficientnet_lite0", efficientnet_lite0(), x, [285, 967]
+
+
+def main() -> None:
+    print("| net | exporter | gradient vs autograd | tsgb vs reference | tsgb (reference_compat) |")
+    print("|---|---|---|---|---|")
+    for name, model, x, target in cases():
+        for dynamo in (False, True):
+            proto = export_onnx(model, torch.as_tensor(x[:1]), dynamo)
+            cells = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grad = Explainer(proto, method="gradient").explain(x, target=target).saliency
+                ref = autograd_saliency(model, x, target)
+                cells.append(np.abs(grad - ref).max() / np.abs(ref).max())
+                for compat in (False, True):
+                    ours = Explainer(proto, method="tsgb", reference_compat=compat) \
+                        .explain(x, target=target).saliency
+                    ref, _ = tsgb_saliency(model, x, target, reference_compat=compat)
+                    cells.append(np.abs(ours - ref).max() / np.abs(ref).max())
+            print(f"| {name} | {'dynamo' if dynamo else 'torchscript'} | "
+                  + " | ".join(f"{c:.1e}" for c in cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

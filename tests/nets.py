@@ -14,13 +14,7 @@ dimension is dynamic.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import math
-import os
-import tempfile
-import warnings
 from typing import Callable, Dict, Tuple
 
 import onnx
@@ -384,67 +378,9 @@ REFERENCE_NETS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
 # --------------------------------------------------------------------------- export
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence exporter warnings, log records and prints (stdout and stderr)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
-                                              "torch.fx", "onnxscript", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor, dynamo: bool) -> onnx.ModelProto:
-    """Export `model` to ONNX and return the complete in-memory ``ModelProto``.
+    """Export `model` to an in-memory ``ModelProto`` (input "input", output "logits", dynamic
+    batch) with the TorchScript exporter (opset 17) or the dynamo one (opset 18)."""
+    from tsgb_onnx.export import from_torch
 
-    The graph input is named "input", the output "logits", and dimension 0 of both is a
-    dynamic "batch".  ``dynamo=False`` uses the TorchScript exporter at opset 17;
-    ``dynamo=True`` uses ``torch.export`` + the ONNX translator at opset 18 with its
-    optimiser on.  Everything is written into a temporary directory and read back with
-    external data (if any) loaded, so the returned proto is self-contained.
-    """
-    model = model.eval()
-    example = example.detach()
-    with tempfile.TemporaryDirectory(prefix="tsgb_export_") as tmp, _quiet(), torch.no_grad():
-        path = os.path.join(tmp, "model.onnx")
-        if dynamo:
-            # torch.export specialises a dimension whose example size is 0 or 1, which
-            # would make the batch static: trace with a batch of 2 instead.
-            if example.shape[0] < 2:
-                example = example.expand(2, *example.shape[1:]).contiguous()
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            program = torch.onnx.export(
-                model,
-                (example,),
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=18,
-                dynamo=True,
-                dynamic_shapes=({0: batch},),
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
-            program.save(path, external_data=False)
-        else:
-            torch.onnx.export(
-                model,
-                (example,),
-                path,
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                do_constant_folding=True,
-            )
-        proto = onnx.load(path, load_external_data=True)
-    return proto
+    return from_torch(model, example, dynamo=dynamo)

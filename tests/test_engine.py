@@ -93,3 +93,25 @@ def test_tensorflow_style_graph(method):
         assert [s.rule.label for s in explainer.program().steps if s.node.op_type == "MatMul"] \
             == ["tsgb._tsgb_fc"]
         assert np.isfinite(result.saliency).all()
+
+
+def test_div_stab_follows_the_spec():
+    """a ⊘ d = a / (d + eps*sgn(d)) with sgn(0) = sgn(-0) = 1: finite for finite inputs."""
+    d = np.array([0.0, -0.0, 1e-12, -2.0, 3.0], np.float32)
+    out = NumpyOps().div_stab(np.ones(5, np.float32), d)
+    expected = 1 / (d.astype(np.float64) + np.where(d >= 0, 1e-10, -1e-10))
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", ["gradient", "tsgb"])
+def test_threaded_rows_equal_one_thread(onnx_zoo, method):
+    _, proto = onnx_zoo.get("mobilenetv2_style", True)
+    x = onnx_zoo.example("mobilenetv2_style", 5, 4).numpy()
+    target = [0, 1, 2, 3, 4]
+    one = Explainer(proto, method=method, threads=1)
+    three = Explainer(proto, method=method, threads=3)
+    assert three.program().batch_major
+    a, b = one.explain(x, target=target), three.explain(x, target=target)
+    np.testing.assert_array_equal(a.target, b.target)
+    assert np.abs(a.saliency - b.saliency).max() <= 1e-6 * np.abs(a.saliency).max()

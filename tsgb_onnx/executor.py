@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .graph import Node
@@ -78,3 +79,31 @@ def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str,
     if signal is None:  # every path to the layer was cut (e.g. all rows dead): no signal
         signal = ops.zeros(ops.shape(values[program.layer]))
     return signal
+
+
+def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
+                     seed, consts: dict | None = None, workers: int = 1) -> Any:
+    """`run_program` on `workers` slices of the batch in parallel threads.
+
+    Rows of a batch are independent, and array libraries release the GIL inside their
+    kernels, so slicing the batch uses every core. Only for batch-major programs; falls back
+    to one call otherwise.
+    """
+    if workers <= 1 or not program.batch_major or ops.ndim(seed) == 0:
+        return run_program(program, ops, values, shapes, seed, consts)
+    batch = ops.shape(seed)[0]
+    workers = min(workers, batch)
+    if workers <= 1:
+        return run_program(program, ops, values, shapes, seed, consts)
+    consts = {} if consts is None else consts
+    bounds = [batch * i // workers for i in range(workers + 1)]
+    jobs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part_values = {t: v[lo:hi] for t, v in values.items()}
+        part_shapes = {t: (hi - lo,) + tuple(s[1:]) for t, s in shapes.items()}
+        jobs.append((part_values, part_shapes, seed[lo:hi]))
+    values.clear()  # the slices hold the only references now: released as steps finish
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(
+            lambda job: run_program(program, ops, job[0], job[1], job[2], consts), jobs))
+    return ops.concat(parts, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from .backends import NumpyOps
 from .errors import InputError, TargetError
-from .executor import run_program
+from .executor import run_program_rows
 from .graph import ModelLike, build_graph
 from .methods import get_method
 from .program import Program, plan
@@ -40,12 +41,14 @@ class Explainer:
     """
 
     def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
-                 output: str | None = None, **options):
+                 output: str | None = None, threads: int | None = None, **options):
         self.method = get_method(method)
         self.options = self.method.resolve_options(options)
         self.graph = build_graph(model, output=output)
         self.recorder = ForwardRecorder(self.graph, providers)
         self.ops = NumpyOps()
+        # the backward runs on slices of the batch in this many threads (default: all cores)
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
         self._consts: dict = {}
         self._programs: dict[str | None, Program] = {}
         self.program()  # plan now: an unsupported op fails before anything runs
@@ -76,7 +79,8 @@ class Explainer:
         targets = resolve_targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activation = values[program.layer]
-        signal = run_program(program, self.ops, values, shapes, seed, self._consts)
+        signal = run_program_rows(program, self.ops, values, shapes, seed, self._consts,
+                                  self.threads)
         return self._finish(signal, activation, logits, targets, program)
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
@@ -87,7 +91,8 @@ class Explainer:
         seed = np.asarray(seed, dtype=logits.dtype)
         if seed.shape != logits.shape:
             raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
-        return self.ops.to_numpy(run_program(program, self.ops, values, shapes, seed, self._consts))
+        return self.ops.to_numpy(run_program_rows(program, self.ops, values, shapes, seed,
+                                                  self._consts, self.threads))
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops

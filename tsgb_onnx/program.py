@@ -44,6 +44,7 @@ class Program:
     record: tuple[str, ...]          # tensors the forward pass must return (values)
     record_shapes: tuple[str, ...]   # tensors whose shapes the forward pass must return
     options: dict = field(default_factory=dict)
+    batch_major: bool = False  # every recorded tensor has the input's batch axis first
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -134,4 +135,9 @@ def plan(graph: Graph, method: Method, options: dict, layer: str | None = None) 
     record = tuple(dict.fromkeys([layer] + [t for s in steps for t in s.reads]))
     record_shapes = tuple(dict.fromkeys(
         t for s in steps for t in s.shape_reads if t not in record))
-    return Program(method.name, graph.logits_name, layer, steps, record, record_shapes, options)
+    batch = (graph.input_shape or (None,))[0]
+    batch_major = isinstance(batch, str) and all(
+        (graph.shapes.get(t) or (None,))[0] == batch
+        for t in (graph.logits_name,) + record + record_shapes)
+    return Program(method.name, graph.logits_name, layer, steps, record, record_shapes, options,
+                   batch_major)

@@ -98,7 +98,10 @@ class NumpyOps:
 
     def div_stab(self, a, d, eps: float = EPS):
         """a / (d + eps*sgn(d)) with sgn(0) = 1: never NaN or Inf for finite inputs."""
-        return a / (d + np.where(d >= 0, eps, -eps).astype(d.dtype, copy=False))
+        step = np.asarray(eps, dtype=d.dtype)
+        stabilised = np.where(d >= 0, step, -step)  # sgn(0) = sgn(-0) = +1
+        stabilised += d
+        return np.divide(a, stabilised, out=stabilised)
 
     # -- reductions and layout -------------------------------------------------------------
     def sum(self, a, axis=None, keepdims: bool = False):
@@ -261,23 +264,19 @@ class NumpyOps:
 
     def channel_window_sum(self, a, size: int):
         """LRN's window sum over channels: out[c] = sum a[c - (size-1)//2 .. c + size//2]."""
-        lo, hi = (size - 1) // 2, size // 2
-        pad = [(0, 0)] * a.ndim
-        pad[1] = (lo, hi)
-        ap = np.pad(a, pad)
-        C = a.shape[1]
-        total = np.zeros_like(a)
-        for k in range(size):
-            total += ap[:, k:k + C]
-        return total
+        return self._channel_window(a, (size - 1) // 2, size // 2)
 
     def channel_window_sum_transposed(self, a, size: int):
-        lo, hi = (size - 1) // 2, size // 2
+        """Adjoint of `channel_window_sum`: the window mirrored."""
+        return self._channel_window(a, size // 2, (size - 1) // 2)
+
+    @staticmethod
+    def _channel_window(a, before: int, after: int):
         pad = [(0, 0)] * a.ndim
-        pad[1] = (hi, lo)
-        ap = np.pad(a, pad)
-        C = a.shape[1]
+        pad[1] = (before, after)
+        padded = np.pad(a, pad)
+        channels = a.shape[1]
         total = np.zeros_like(a)
-        for k in range(size):
-            total += ap[:, k:k + C]
+        for k in range(before + after + 1):
+            total += padded[:, k:k + channels]
         return total

@@ -188,8 +188,8 @@ def neg(ops, node, fwd, grads, opts):
     return [ops.neg(_first(grads))]
 
 
-def _mul_reads(node):
-    # each operand's signal needs the other operand's value
+def _two_operand_reads(node):
+    """Mul / MatMul: each operand's signal needs the other operand's value."""
     reads = ["x0.shape", "x1.shape"]
     if not node.is_const(0):
         reads.append("x1")
@@ -198,7 +198,7 @@ def _mul_reads(node):
     return tuple(reads)
 
 
-@register("Mul", reads=_mul_reads)
+@register("Mul", reads=_two_operand_reads)
 def mul(ops, node, fwd, grads, opts):
     g = _first(grads)
     ga = ops.sum_to_shape(ops.mul(g, fwd.x(1)), fwd.x_shape(0)) if fwd.wants(0) else None
@@ -256,16 +256,7 @@ def gemm(ops, node, fwd, grads, opts):
     return out
 
 
-def _matmul_reads(node):
-    reads = ["x0.shape", "x1.shape"]
-    if not node.is_const(0):
-        reads.append("x1")
-    if not node.is_const(1):
-        reads.append("x0")
-    return tuple(reads)
-
-
-@register("MatMul", reads=_matmul_reads)
+@register("MatMul", reads=_two_operand_reads)
 def matmul(ops, node, fwd, grads, opts):
     g = _first(grads)
     a_shape, b_shape = fwd.x_shape(0), fwd.x_shape(1)

@@ -53,13 +53,20 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int):
     x_shape, y_shape = ops.shape(x), ops.shape(y)
     b, m, spatial = x_shape[0], x_shape[1], x_shape[2:]
     n, out = y_shape[1], y_shape[2:]
-    relevance = ops.sum(ops.reshape(ops.mul(y, g), (b, groups, n // groups) + out), axis=2)
-    mass = ops.sum(ops.reshape(ops.abs(x), (b, groups, m // groups) + spatial), axis=2)
+    relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
+    mass = _group_sum(ops, ops.abs(x), b, groups, m // groups, spatial)
     ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out))
     spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
     signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
     spread = ops.reshape(spread, (b, groups, 1) + spatial)
     return ops.reshape(ops.mul(signs, spread), x_shape)
+
+
+def _group_sum(ops, a, batch: int, groups: int, per_group: int, spatial):
+    """Sum channels within each group: [B, G*K, *S] → [B, G, *S] (depthwise: a reshape)."""
+    if per_group == 1:
+        return ops.reshape(a, (batch, groups) + tuple(spatial))
+    return ops.sum(ops.reshape(a, (batch, groups, per_group) + tuple(spatial)), axis=2)
 
 
 @register(["BatchNormalization", "LRN", "InstanceNormalization"], reads=("x0", "y0"))

@@ -1,6 +1,6 @@
 """Target selectivity on a real photo pair: share of positive saliency mass per half.
 
-    python tools/selectivity.py [--methods tsgb,gradient] [--alpha 1.0]
+    python tools/selectivity.py [--methods tsgb,gradient] [--figure docs/selectivity.png]
 
 chelsea (cat, left) | coffee (cup, right), pretrained EfficientNet-Lite0 at 224x448,
 targets "Egyptian cat" (285) and "espresso" (967). Prints a Markdown table.
@@ -15,13 +15,16 @@ import numpy as np
 
 from tsgb_onnx import Explainer
 from tsgb_onnx.demo import CAT, ESPRESSO, half_shares, lite0_onnx, two_photo_input
+from tsgb_onnx.render import heatmap, save_png
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="tsgb,gradient")
+    parser.add_argument("--figure", default=None, help="also write the maps as one PNG")
     args = parser.parse_args()
-    _, x = two_photo_input()
+    rgb, x = two_photo_input()
+    rows = [rgb]
     model = lite0_onnx(size=(224, 448))
     print("| method | target | share on cat half | share on cup half |")
     print("|---|---|---|---|")
@@ -33,6 +36,11 @@ def main() -> None:
         for row, label in enumerate(("cat (285)", "espresso (967)")):
             left, right = half_shares(result.saliency[row])
             print(f"| {method} | {label} | {left:.1%} | {right:.1%} |")
+            rows.append(heatmap(result.saliency[row], rgb))
+    if args.figure:
+        gap = np.full((4,) + rgb.shape[1:], 255, np.uint8)
+        save_png(np.concatenate([r for row in rows for r in (row, gap)][:-1]), args.figure)
+        print(f"wrote {args.figure}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,9 @@ def cmd_inspect(args) -> int:
     rules = method.rules
     print(f"model:   {args.model}  (opset {graph.opset})")
     print(f"input:   {graph.input_name} {list(graph.input_shape or [])}")
+    outputs = ", ".join(f"{o.name} {list(graph.shapes.get(o.name) or [])}"
+                        for o in graph.model.graph.output)
+    print(f"outputs: {outputs}")
     print(f"logits:  {graph.logits_name} {list(graph.shapes.get(graph.logits_name) or [])}")
     ops = graph.op_types()
     with_rule = [o for o in ops if rules.lookup(o)]

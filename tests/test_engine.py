@@ -1,7 +1,6 @@
 """Engine internals: program contents, recording only what is read, release, TF-style graphs."""
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper

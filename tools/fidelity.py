@@ -19,19 +19,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from nets import REFERENCE_NETS, export_onnx  # noqa: E402
+from test_gradient_nets import autograd_signal  # noqa: E402
 from tsgb_reference import tsgb_saliency  # noqa: E402
 
 from tsgb_onnx import Explainer  # noqa: E402
 from tsgb_onnx.demo import LITE0_PREP, fit_image, photo, to_tensor  # noqa: E402
-
-
-def autograd_saliency(model, x, target):
-    xt = torch.as_tensor(x).clone().requires_grad_(True)
-    logits = model(xt)
-    seed = torch.zeros_like(logits)
-    seed[torch.arange(len(target)), torch.as_tensor(target)] = 1
-    logits.backward(seed)
-    return (xt.grad * xt.detach()).sum(1).numpy()
 
 
 def cases():
@@ -54,7 +46,8 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 grad = Explainer(proto, method="gradient").explain(x, target=target).saliency
-                ref = autograd_saliency(model, x, target)
+                signal, _ = autograd_signal(model, x, target)
+                ref = (signal * x).sum(1)
                 cells.append(np.abs(grad - ref).max() / np.abs(ref).max())
                 for compat in (False, True):
                     ours = Explainer(proto, method="tsgb", reference_compat=compat) \

@@ -19,14 +19,14 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
@@ -59,7 +59,8 @@ def _parse_target(text: str):
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise InputError(f"--target must be 'top1', a class index or a comma list, got '{text}'")
+        raise InputError(
+            f"--target must be 'top1', a class index or a comma list, got '{text}'") from None
     return values[0] if len(values) == 1 else values
 
 

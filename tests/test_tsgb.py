@@ -215,3 +215,37 @@ def test_target_selectivity_on_two_photos(tmp_path, monkeypatch):
     cat_left, _ = half_shares(result.saliency[0])
     _, cup_right = half_shares(result.saliency[1])
     assert cat_left > 0.9 and cup_right > 0.9
+
+
+@pytest.mark.parametrize("op", ["LRN", "InstanceNormalization", "BatchNormalization"])
+def test_eq6_on_normalisations(op):
+    """G[X] = G[Y] * Y / X for the per-element normalisations (eq. 6)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    c = 4
+    inits = [numpy_helper.from_array(rng.standard_normal((c * 25, 3)).astype(np.float32), "w")]
+    if op == "LRN":
+        norm = helper.make_node("LRN", ["x"], ["y"], size=3, alpha=0.5, beta=0.75, bias=1.0)
+    else:
+        names = ["scale", "bias"] + (["mean", "var"] if op == "BatchNormalization" else [])
+        for name in names:
+            value = rng.random(c).astype(np.float32) + (0.5 if name in ("scale", "var") else -0.5)
+            inits.append(numpy_helper.from_array(value, name))
+        norm = helper.make_node(op, ["x"] + names, ["y"], epsilon=1e-3)
+    graph = helper.make_graph(
+        [norm, helper.make_node("Flatten", ["y"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])], "eq6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 5, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal((2, c, 5, 5)).astype(np.float32)
+    explainer = Explainer(model, method="tsgb")
+    at_x = explainer.explain(x, target=[0, 2])
+    at_y = explainer.explain(x, target=[0, 2], layer="y")
+    y = explainer.recorder.run(x, ("y",))[1]["y"]
+    expected = at_y.signal * y / (x + 1e-10 * np.where(x >= 0, 1, -1))
+    np.testing.assert_allclose(at_x.signal, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert [s.rule.label for s in explainer.program().steps if s.node.op_type == op] == \
+        ["tsgb.tsgb_normalization"]

@@ -84,7 +84,7 @@ def cmd_explain(args) -> int:
     size = args.size or _input_size(graph, layout) or 224
     prep = Preprocessing(size=size, mean=args.mean, std=args.std, layout=layout,
                          crop=not args.no_crop)
-    rank = len(explainer.graph.input_shape or (0, 0, 0, 0))
+    rank = len(graph.input_shape or (0, 0, 0, 0))
     x, shown, names = load_inputs(args.inputs, prep, rank=rank)
     result = explainer.explain(x, target=_parse_target(args.target), layer=args.layer)
     saliency = result.saliency

@@ -11,8 +11,6 @@ from .errors import TsgbError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, fit_image, to_tensor
 from .render import heatmap, save_png
 
-LITE0_INPUT = (1, 3, 224, 224)
-
 
 def cache_dir() -> Path:
     root = os.environ.get("TSGB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tsgb-onnx")

@@ -89,11 +89,9 @@ def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict
     kernels, so slicing the batch uses every core. Only for batch-major programs; falls back
     to one call otherwise.
     """
-    if workers <= 1 or not program.batch_major or ops.ndim(seed) == 0:
-        return run_program(program, ops, values, shapes, seed, consts)
-    batch = ops.shape(seed)[0]
+    batch = ops.shape(seed)[0] if ops.ndim(seed) else 1
     workers = min(workers, batch)
-    if workers <= 1:
+    if workers <= 1 or not program.batch_major:
         return run_program(program, ops, values, shapes, seed, consts)
     consts = {} if consts is None else consts
     bounds = [batch * i // workers for i in range(workers + 1)]

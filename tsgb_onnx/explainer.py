@@ -68,9 +68,7 @@ class Explainer:
     def explain(self, x: np.ndarray, target: TargetLike = None,
                 layer: str | None = None) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
-        x = self._check_input(x)
-        program = self.program(layer)
-        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        program, logits, values, shapes = self._record(x, layer)
         if logits.ndim != 2:
             raise TargetError(
                 f"the logits '{self.graph.logits_name}' have shape {logits.shape}, not "
@@ -79,20 +77,27 @@ class Explainer:
         targets = resolve_targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activation = values[program.layer]
-        signal = run_program_rows(program, self.ops, values, shapes, seed, self._consts,
-                                  self.threads)
+        signal = self._backward(program, values, shapes, seed)
         return self._finish(signal, activation, logits, targets, program)
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Backward signal at `layer` for an arbitrary signal `seed` at the logits."""
-        x = self._check_input(x)
-        program = self.program(layer)
-        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        program, logits, values, shapes = self._record(x, layer)
         seed = np.asarray(seed, dtype=logits.dtype)
         if seed.shape != logits.shape:
             raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
-        return self.ops.to_numpy(run_program_rows(program, self.ops, values, shapes, seed,
-                                                  self._consts, self.threads))
+        return self.ops.to_numpy(self._backward(program, values, shapes, seed))
+
+    def _record(self, x, layer):
+        """Check `x`, plan for `layer`, run the recording forward pass."""
+        x = self._check_input(x)
+        program = self.program(layer)
+        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        return program, logits, values, shapes
+
+    def _backward(self, program, values, shapes, seed):
+        return run_program_rows(program, self.ops, values, shapes, seed, self._consts,
+                                self.threads)
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops

@@ -49,12 +49,31 @@ def export(name: str, folder: str) -> str:
     return path
 
 
+def compiled_session(path: str, method: str):
+    """One ONNX Runtime session on the explainer model `tsgb convert` writes."""
+    import onnxruntime as ort
+
+    from tsgb_onnx.convert import convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = convert(path, method=method)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", default="resnet50,vgg16,mobilenetv2,efficientnet_lite0")
     parser.add_argument("--methods", default="gradient,tsgb")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paths", default="engine,compiled",
+                        help="engine: ORT forward + NumPy backward (Explainer(..., "
+                             "backend='numpy')); compiled: the `tsgb convert` explainer "
+                             "model in one ORT session")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -64,23 +83,35 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"onnxruntime {ort.__version__} CPUExecutionProvider; numpy {np.__version__}")
     methods = args.methods.split(",")
+    paths = args.paths.split(",")
+    columns = [(m, p) for m in methods for p in paths]
     print("| net | batch | inference (s) | " + " | ".join(
-        f"{m} (s) | {m} / inference" for m in methods) + " |")
-    print("|---|---|---|" + "---|---|" * len(methods))
+        f"{m} {p} (s) | {m} {p} / inference" for m, p in columns) + " |")
+    print("|---|---|---|" + "---|---|" * len(columns))
     with tempfile.TemporaryDirectory() as folder:
         for name in args.nets.split(","):
             path = export(name, folder)
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             input_name = session.get_inputs()[0].name
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                explainers = {m: Explainer(path, method=m) for m in methods}
+            runners = {}
+            for m in methods:
+                if "engine" in paths:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        engine = Explainer(path, method=m)
+                    runners[m, "engine"] = (
+                        lambda x, e=engine: e.explain(x, target=1))
+                if "compiled" in paths:
+                    compiled = compiled_session(path, m)
+                    runners[m, "compiled"] = (
+                        lambda x, s=compiled: s.run(["saliency"], {
+                            input_name: x, "target": np.ones(len(x), dtype=np.int64)}))
             for batch in (int(b) for b in args.batches.split(",")):
                 x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 infer = median_time(lambda: session.run(None, {input_name: x}), args.repeats)
                 cells = []
-                for m in methods:
-                    t = median_time(lambda: explainers[m].explain(x, target=1), args.repeats)
+                for column in columns:
+                    t = median_time(lambda: runners[column](x), args.repeats)
                     cells.append(f"{t:.3f} | **{t / infer:.2f}×**")
                 print(f"| {name} | {batch} | {infer:.3f} | " + " | ".join(cells) + " |", flush=True)
 

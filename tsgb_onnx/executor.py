@@ -38,6 +38,10 @@ class StepView:
     def y(self, i: int):
         return self._tensor(self._node.outputs[i])
 
+    def tensor(self, name: str):
+        """A forward tensor the rule declared with `"@name"` in its reads."""
+        return self._tensor(name)
+
     def x_shape(self, i: int) -> tuple[int, ...]:
         name = self._node.inputs[i]
         if name in self._values:

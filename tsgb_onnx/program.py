@@ -75,6 +75,9 @@ def _expand_reads(rule: Rule, node: Node) -> tuple[list[str], list[str]]:
     tokens = rule.reads(node) if callable(rule.reads) else rule.reads
     values, shapes = [], []
     for token in tokens:
+        if token.startswith("@"):  # another node's tensor, by name
+            values.append(token[1:])
+            continue
         kind, _, what = token.partition(".")
         side = node.inputs if kind[0] == "x" else node.outputs
         idx = range(len(side)) if kind[1:] == "*" else [int(kind[1:])]

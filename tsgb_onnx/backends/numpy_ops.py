@@ -96,8 +96,9 @@ class NumpyOps:
         """`g` where `cond` holds, 0 elsewhere."""
         return g * cond
 
-    def div_stab(self, a, d, eps: float = EPS):
-        """a / (d + eps*sgn(d)) with sgn(0) = 1: never NaN or Inf for finite inputs."""
+    def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
+        """a / (d + eps*sgn(d)) with sgn(0) = 1: never NaN or Inf for finite inputs.
+        (`nonnegative` promises d >= 0; a backend may skip the sign test.)"""
         step = np.asarray(eps, dtype=d.dtype)
         stabilised = np.where(d >= 0, step, -step)  # sgn(0) = sgn(-0) = +1
         stabilised += d
@@ -240,19 +241,7 @@ class NumpyOps:
             begin, end = int(pads[axis]), int(pads[axis + nd])
             if begin == 0 and end == 0:
                 continue
-            n = int(x_shape[axis])
-            m = g.shape[axis]
-            src = np.arange(m) - begin
-            if mode == "edge":
-                src = np.clip(src, 0, n - 1)
-            elif mode == "reflect":
-                src = np.abs(src)
-                src = np.where(src > n - 1, 2 * (n - 1) - src, src)
-            elif mode == "wrap":
-                src = np.mod(src, n)
-            valid = (src >= 0) & (src < n)
-            adjoint = np.zeros((m, n), dtype=np.float32)
-            adjoint[np.nonzero(valid)[0], src[valid]] = 1
+            adjoint = pad_adjoint(int(x_shape[axis]), g.shape[axis], begin, mode)
             g = np.moveaxis(np.tensordot(g, adjoint, axes=([axis], [0])), -1, axis)
         return np.ascontiguousarray(g)
 
@@ -280,3 +269,19 @@ class NumpyOps:
         for k in range(before + after + 1):
             total += padded[:, k:k + channels]
         return total
+
+
+def pad_adjoint(n: int, m: int, begin: int, mode: str) -> np.ndarray:
+    """[m, n] matrix A with dX = dY A along one axis of ONNX Pad (n inputs, m outputs)."""
+    src = np.arange(m) - begin
+    if mode == "edge":
+        src = np.clip(src, 0, n - 1)
+    elif mode == "reflect":
+        src = np.abs(src)
+        src = np.where(src > n - 1, 2 * (n - 1) - src, src)
+    elif mode == "wrap":
+        src = np.mod(src, n)
+    valid = (src >= 0) & (src < n)
+    adjoint = np.zeros((m, n), dtype=np.float32)
+    adjoint[np.nonzero(valid)[0], src[valid]] = 1
+    return adjoint

@@ -10,7 +10,8 @@ the array namespace `ops` (see `tsgb_onnx.backends`):
 
 and returns one signal per node input (None for inputs that get none).
 ``reads`` names the forward tensors the rule needs: ``"x0"`` input 0, ``"y0"`` output 0,
-``"x0.shape"`` only the shape of input 0, ``"x*"`` / ``"x*.shape"`` every input.
+``"x0.shape"`` only the shape of input 0, ``"x*"`` / ``"x*.shape"`` every input,
+``"@name"`` another tensor of the graph (read with ``fwd.tensor(name)``).
 Constant inputs never need recording: rules get them from ``node.const(i)``.
 """
 

@@ -32,10 +32,33 @@ class TsgbWarning(UserWarning):
     """TSGB-specific notices (e.g. no linear layer to rectify)."""
 
 
-@register("Conv", reads=("x0", "y0"))
+def relu_after(node) -> str | None:
+    """The output of a Relu that is the only consumer of `node`'s output, if any.
+
+    Y * G[Y] equals Relu(Y) * G[Y] (G[Y] is 0 where Y <= 0), so TSGB-Conv may read the
+    Relu's output instead of Y: the forward pass then never has to keep Y, and runtimes
+    keep their Conv+Relu fusion.
+    """
+    graph = node.graph
+    out = node.outputs[0]
+    consumers = graph.consumers.get(out, [])
+    if (len(consumers) == 1 and consumers[0].op_type == "Relu"
+            and out not in {o.name for o in graph.model.graph.output}):
+        return consumers[0].outputs[0]
+    return None
+
+
+def _tsgb_conv_reads(node):
+    after = relu_after(node)
+    return ("x0", "y0") if after is None else ("x0", "@" + after)
+
+
+@register("Conv", reads=_tsgb_conv_reads)
 def tsgb_conv(ops, node, fwd, grads, opts):
     """G[X] = sgn(X) * boxT( sum_n Y G[Y] ⊘ box(sum_m |X|) ), per conv group."""
-    x, y, g = fwd.x(0), fwd.y(0), grads[0]
+    after = relu_after(node)
+    x, g = fwd.x(0), grads[0]
+    y = fwd.y(0) if after is None else fwd.tensor(after)
     w_shape = fwd.x_shape(1)
     groups = 1 if opt(opts, "reference_compat", False) else int(node.attr("group", 1))
     x_shape = ops.shape(x)
@@ -55,7 +78,7 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int):
     n, out = y_shape[1], y_shape[2:]
     relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
     mass = _group_sum(ops, ops.abs(x), b, groups, m // groups, spatial)
-    ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out))
+    ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out), nonnegative=True)
     spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
     signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
     spread = ops.reshape(spread, (b, groups, 1) + spatial)
@@ -106,7 +129,7 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
         negative = ops.abs(ops.matmul(x, w_neg))
     else:
         negative = ops.matmul(ops.abs(x), ops.abs(w_neg))
-    scale = ops.mul(ops.div_stab(positive, negative), float(opt(opts, "alpha", 1.0)))
+    scale = ops.mul(ops.div_stab(positive, negative, nonnegative=True), float(opt(opts, "alpha", 1.0)))
     gx = ops.add(ops.matmul(g, ops.swap_last(w_pos)),
                  ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
     if node.op_type == "Gemm" and node.attr("transA", 0):

@@ -71,11 +71,12 @@ def _tf_style_model():
     return model, torch_logits
 
 
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
 @pytest.mark.parametrize("method", ["gradient", "tsgb"])
-def test_tensorflow_style_graph(method):
+def test_tensorflow_style_graph(method, backend):
     model, torch_logits = _tf_style_model()
     x = np.random.default_rng(1).standard_normal((2, 9, 9, 3)).astype(np.float32)
-    explainer = Explainer(model, method=method)
+    explainer = Explainer(model, method=method, backend=backend)
     assert explainer.graph.logits_name == "logits"  # the Softmax is cut
     result = explainer.explain(x, target=[1, 3])
     assert result.signal.shape == x.shape
@@ -108,8 +109,8 @@ def test_threaded_rows_equal_one_thread(onnx_zoo, method):
     _, proto = onnx_zoo.get("mobilenetv2_style", True)
     x = onnx_zoo.example("mobilenetv2_style", 5, 4).numpy()
     target = [0, 1, 2, 3, 4]
-    one = Explainer(proto, method=method, threads=1)
-    three = Explainer(proto, method=method, threads=3)
+    one = Explainer(proto, method=method, threads=1, backend="numpy")
+    three = Explainer(proto, method=method, threads=3, backend="numpy")
     assert three.program().batch_major
     a, b = one.explain(x, target=target), three.explain(x, target=target)
     np.testing.assert_array_equal(a.target, b.target)

@@ -24,13 +24,14 @@ def example_batch(zoo, name, batch, seed=0):
     return np.random.default_rng(seed).standard_normal((batch,) + shape).astype(np.float32)
 
 
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", NETS)
-def test_gradient_matches_autograd(onnx_zoo, name, dynamo):
+def test_gradient_matches_autograd(onnx_zoo, name, dynamo, backend):
     model, proto = onnx_zoo.get(name, dynamo)
     batch = 1 if name == "efficientnet_lite0" else 3
     x = example_batch(onnx_zoo, name, batch)
-    explainer = Explainer(proto, method="gradient")
+    explainer = Explainer(proto, method="gradient", backend=backend)
     classes = explainer.infer(x).shape[1]
     target = np.arange(batch) * 3 % classes  # a different class per row
     result = explainer.explain(x, target=target)
@@ -43,11 +44,12 @@ def test_gradient_matches_autograd(onnx_zoo, name, dynamo):
                                atol=1e-4 * np.abs((expected * x).sum(1)).max())
 
 
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
 @pytest.mark.parametrize("name", ["resnet50_style", "densenet_style"])
-def test_batch_rows_are_independent(onnx_zoo, name):
+def test_batch_rows_are_independent(onnx_zoo, name, backend):
     _, proto = onnx_zoo.get(name, False)
     x = example_batch(onnx_zoo, name, 4, seed=1)
-    explainer = Explainer(proto, method="gradient")
+    explainer = Explainer(proto, method="gradient", backend=backend)
     target = [0, 5, 2, 9]
     together = explainer.explain(x, target=target)
     for i in range(4):

@@ -23,16 +23,17 @@ def _input(onnx_zoo, photos, name, batch):
     return onnx_zoo.example(name, batch, 0).numpy()
 
 
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
 @pytest.mark.parametrize("compat", [False, True], ids=["spec", "reference_compat"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", NETS)
-def test_tsgb_matches_reference(onnx_zoo, photos, name, dynamo, compat):
+def test_tsgb_matches_reference(onnx_zoo, photos, name, dynamo, compat, backend):
     model, proto = onnx_zoo.get(name, dynamo)
     x = np.asarray(_input(onnx_zoo, photos, name, 2), dtype=np.float32)
     target = [3, 1] if name != "efficientnet_lite0" else [285, 967]
     for alpha in {ALPHAS[name], 1.0}:
-        result = Explainer(proto, method="tsgb", alpha=alpha, reference_compat=compat) \
-            .explain(x, target=target)
+        result = Explainer(proto, method="tsgb", alpha=alpha, reference_compat=compat,
+                           backend=backend).explain(x, target=target)
         expected, signal = tsgb_saliency(model, x, target, alpha=alpha, reference_compat=compat)
         scale = np.abs(expected).max()
         assert scale > 0 and np.isfinite(result.saliency).all()

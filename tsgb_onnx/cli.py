@@ -1,4 +1,4 @@
-"""Command line: `tsgb explain`, `tsgb inspect`, `tsgb demo`."""
+"""Command line: `tsgb explain`, `tsgb convert`, `tsgb inspect`, `tsgb demo`."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def cmd_explain(args) -> int:
 
     out = _check_out(args.out)
     explainer = Explainer(args.model, method=args.method, output=args.output,
-                          **_method_options(args))
+                          backend=args.backend, **_method_options(args))
     graph = explainer.graph
     layout = args.layout or ("nhwc" if graph.channel_axis(graph.input_name) == -1 else "nchw")
     size = args.size or _input_size(graph, layout) or 224
@@ -134,6 +134,34 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    import onnx
+
+    from .convert import convert
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"-o/--out must end in .onnx, got '{args.out}'")
+    if not out.parent.exists():
+        raise InputError(f"-o/--out folder '{out.parent}' does not exist")
+    if out.exists() and Path(args.model).exists() and out.resolve() == Path(args.model).resolve():
+        raise InputError("-o/--out names the input model: write the explainer to a new file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = convert(args.model, method=args.method, layer=args.layer,
+                        keep_signal=args.keep_signal, output=args.output,
+                        **_method_options(args))
+    for w in caught:
+        print(f"tsgb: note: {w.message}", file=sys.stderr)
+    onnx.save(model, str(out))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    outputs = ", ".join(o.name for o in model.graph.output)
+    inputs = ", ".join(i.name for i in model.graph.input)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opset}); "
+          f"inputs: {inputs}; outputs: {outputs}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -173,7 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layout", choices=("nchw", "nhwc"), default=None,
                    help="image tensor layout (default: detected from the model)")
     e.add_argument("--no-crop", action="store_true", help="resize to size×size without cropping")
+    e.add_argument("--backend", choices=("auto", "compiled", "numpy"), default="auto",
+                   help="compiled: the convert explainer in one ONNX Runtime session; numpy: "
+                        "ONNX Runtime forward + NumPy backward; auto (default): compiled "
+                        "when the model has fixed image sizes")
     e.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("convert", help="write a self-contained ONNX explainer model")
+    c.add_argument("model", help="ONNX model file")
+    c.add_argument("-o", "--out", required=True, help="explainer model to write (.onnx)")
+    method_flags(c)
+    c.add_argument("--keep-signal", action="store_true",
+                   help="also output the backward signal at --layer")
+    c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("inspect", help="show the model's input, logits, ops and program")
     i.add_argument("model", help="ONNX model file")

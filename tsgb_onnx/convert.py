@@ -19,13 +19,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
 from .errors import ModelError, TsgbError
 from .executor import run_program
 from .graph import Graph, ModelLike, build_graph, load_model
 from .methods import Method, get_method
 from .program import Program, plan
-from .record import ForwardRecorder
-from .backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
+from .record import SHAPE_SUFFIX, _onnxruntime, recording_model
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
@@ -48,6 +48,13 @@ def convert(model: ModelLike, method: str = "tsgb", layer: str | None = None,
     return _compile(model, method, layer, output, options, keep_signal, seed_input=False)
 
 
+def compile_explainer(graph: Graph, method: Method, options: dict, layer: str | None
+                      ) -> onnx.ModelProto:
+    """The explainer model `Explainer` runs: outputs `saliency`, `signal` and the logits."""
+    return _compile(graph, method.name, layer, graph.logits_name, options,
+                    keep_signal=True, seed_input=False, expose_logits=True)
+
+
 def convert_vjp(model: ModelLike, method: str = "gradient", layer: str | None = None,
                 output: str | None = None, **options) -> onnx.ModelProto:
     """An ONNX model with inputs (model input, `seed` shaped like the logits) whose output
@@ -62,12 +69,16 @@ class _Emitted:
     program: Program
 
 
-def _compile(model, method_name, layer, output, options, keep_signal, seed_input):
-    proto = load_model(model)
-    _refuse_explainer(proto)
+def _compile(model, method_name, layer, output, options, keep_signal, seed_input,
+             expose_logits=False):
     method = get_method(method_name)
     options = method.resolve_options(options)
-    graph = build_graph(proto, output=output)
+    if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
+        graph, proto = model, model.model
+    else:
+        proto = load_model(model)
+        _refuse_explainer(proto)
+        graph = build_graph(proto, output=output)
     original_opset = graph.opset
     needed = max(graph.opset, MIN_OPSET)
     while True:
@@ -83,7 +94,7 @@ def _compile(model, method_name, layer, output, options, keep_signal, seed_input
             "the lowest that expresses its backward in standard ONNX ops "
             "(MaxPool's backward needs ScatterElements with reduction='add', opset 16)",
             ConvertWarning, stacklevel=3)
-    return _assemble(graph, emitted, method, options, seed_input, original_opset)
+    return _assemble(graph, emitted, method, options, seed_input, original_opset, expose_logits)
 
 
 def _refuse_explainer(proto: onnx.ModelProto) -> None:
@@ -123,13 +134,23 @@ def runtime_shapes(graph: Graph, tensors) -> dict[str, tuple]:
                 "export the model with a fixed input size")
     dynamic = not (isinstance(shape[0], int) and shape[0] > 0)
     batches = (1, 2) if dynamic else (shape[0],)
-    recorder = ForwardRecorder(graph)
     names = tuple(dict.fromkeys(tensors))
+    # graph optimisations off: ONNX Runtime would fold Shape nodes from the inferred shapes,
+    # which can differ from what its kernels return (e.g. MaxPool SAME_UPPER with dilations)
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        recording_model(graph, (), names).SerializeToString(), options,
+        providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
     seen = []
     for b in batches:
         x = np.zeros((b,) + tuple(shape[1:]), dtype=np.float32)
-        _, _, shapes = recorder.run(x, (), names)
-        seen.append(shapes)
+        got = dict(zip(outputs, session.run(outputs, {graph.input_name: x})))
+        seen.append({t: tuple(x.shape) if t == graph.input_name else
+                     tuple(int(d) for d in got[t + SHAPE_SUFFIX]) for t in names})
     if not dynamic:
         return seen[0]
     out = {}
@@ -197,6 +218,10 @@ def _emit(graph: Graph, method: Method, options: dict, layer, keep_signal, seed_
     values = {t: forward(t) for t in program.record}
     shape_reads = {t: shapes[t] for t in program.record_shapes}
     logits = forward(graph.logits_name)
+    if not seed_input and len(logits.shape) != 2:
+        raise ModelError(
+            f"the logits '{graph.logits_name}' have shape {logits.shape}, not [batch, classes]: "
+            "choose the classifier output with output=NAME (CLI: --output NAME)")
     if seed_input:
         seed = Sym(SEED, logits.shape, np.float32)
         valid = None
@@ -251,7 +276,7 @@ def _dim(d, batch_name):
 
 
 def _assemble(graph: Graph, emitted: _Emitted, method: Method, options: dict, seed_input: bool,
-              original_opset: int) -> onnx.ModelProto:
+              original_opset: int, expose_logits: bool = False) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     g = model.graph
@@ -273,6 +298,10 @@ def _assemble(graph: Graph, emitted: _Emitted, method: Method, options: dict, se
     for handle, name in emitted.outputs:
         g.output.append(helper.make_tensor_value_info(
             name, TensorProto.FLOAT, [_dim(d, batch_name) for d in handle.shape]))
+    if expose_logits and graph.logits_name not in {o.name for o in g.output}:
+        g.output.append(helper.make_tensor_value_info(
+            graph.logits_name, graph.dtypes.get(graph.logits_name, TensorProto.FLOAT),
+            logits_shape))
     if graph.opset != original_opset:
         _set_opset(model, graph.opset)
     if not seed_input:

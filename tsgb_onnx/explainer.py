@@ -9,7 +9,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from .backends import NumpyOps
-from .errors import InputError, TargetError
+from .errors import InputError, MethodError, ModelError, TargetError
 from .executor import run_program_rows
 from .graph import ModelLike, build_graph
 from .methods import get_method
@@ -17,6 +17,7 @@ from .program import Program, plan
 from .record import ForwardRecorder
 
 TargetLike = Union[None, int, Sequence[int], np.ndarray]
+BACKENDS = ("auto", "compiled", "numpy")
 
 
 @dataclass
@@ -41,16 +42,21 @@ class Explainer:
     """
 
     def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
-                 output: str | None = None, threads: int | None = None, **options):
+                 output: str | None = None, threads: int | None = None, backend: str = "auto",
+                 **options):
+        if backend not in BACKENDS:
+            raise MethodError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.method = get_method(method)
         self.options = self.method.resolve_options(options)
         self.graph = build_graph(model, output=output)
         self.recorder = ForwardRecorder(self.graph, providers)
         self.ops = NumpyOps()
-        # the backward runs on slices of the batch in this many threads (default: all cores)
+        self.backend = backend
+        # threads of the NumPy backward (batch slices) and of the compiled session
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
         self._consts: dict = {}
         self._programs: dict[str | None, Program] = {}
+        self._compiled: dict[str | None, object] = {}
         self.program()  # plan now: an unsupported op fails before anything runs
 
     # -- planning ------------------------------------------------------------------------
@@ -68,6 +74,9 @@ class Explainer:
     def explain(self, x: np.ndarray, target: TargetLike = None,
                 layer: str | None = None) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
+        session = self._compiled_session(layer)
+        if session is not None:
+            return self._explain_compiled(session, x, target, layer)
         program, logits, values, shapes = self._record(x, layer)
         if logits.ndim != 2:
             raise TargetError(
@@ -79,6 +88,42 @@ class Explainer:
         activation = values[program.layer]
         signal = self._backward(program, values, shapes, seed)
         return self._finish(signal, activation, logits, targets, program)
+
+    # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
+    def _compiled_session(self, layer: str | None):
+        """The compiled explainer for `layer` (built on first use), or None for the engine."""
+        if self.backend == "numpy" or (self.graph.num_classes is None
+                                       and self.backend == "auto"):
+            return None
+        if layer not in self._compiled:
+            self.program(layer)  # a bad layer fails here with the planner's message
+            try:
+                from .convert import compile_explainer
+
+                model = compile_explainer(self.graph, self.method, self.options, layer)
+                self._compiled[layer] = self.recorder.session_for(model, self.threads)
+            except ModelError:
+                if self.backend == "compiled":
+                    raise
+                self._compiled[layer] = None  # e.g. dynamic image sizes: the engine copes
+        return self._compiled[layer]
+
+    def _explain_compiled(self, session, x, target, layer) -> Explanation:
+        from .convert import SALIENCY, SIGNAL, TARGET
+
+        x = self._check_input(x)
+        classes = self.graph.num_classes
+        batch = x.shape[0] if x.ndim else 1
+        if target is None:
+            fed = np.full(batch, -1, dtype=np.int64)
+        else:
+            fed = resolve_targets(target, np.zeros((batch, classes or 0), np.float32))
+        saliency, signal, logits = self.recorder.run_session(
+            session, [SALIENCY, SIGNAL, self.graph.logits_name],
+            {self.graph.input_name: x, TARGET: fed})
+        targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
+        return Explanation(saliency=saliency, signal=signal, logits=logits, target=targets,
+                           layer=self.program(layer).layer, method=self.method.name)
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Backward signal at `layer` for an arbitrary signal `seed` at the logits."""

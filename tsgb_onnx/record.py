@@ -55,31 +55,42 @@ class ForwardRecorder:
     def _session(self, values: tuple[str, ...], shapes: tuple[str, ...]):
         key = (values, shapes)
         if key not in self._sessions:
-            ort = _onnxruntime()
-            model = recording_model(self.graph, values, shapes)
-            available = ort.get_available_providers()
-            for p in self.providers:
-                name = p[0] if isinstance(p, tuple) else p
-                if name not in available:
-                    raise RuntimeUnavailableError(
-                        f"ONNX Runtime provider '{name}' is not available "
-                        f"(available: {', '.join(available)})"
-                    )
-            try:
-                self._sessions[key] = ort.InferenceSession(
-                    model.SerializeToString(), providers=self.providers)
-            except Exception as exc:
-                raise TsgbError(f"ONNX Runtime cannot load the model: {exc}") from exc
+            self._sessions[key] = self.session_for(recording_model(self.graph, values, shapes))
         return self._sessions[key]
+
+    def session_for(self, model: onnx.ModelProto, threads: int | None = None):
+        """An ONNX Runtime session on `model` with this recorder's providers."""
+        ort = _onnxruntime()
+        available = ort.get_available_providers()
+        for p in self.providers:
+            name = p[0] if isinstance(p, tuple) else p
+            if name not in available:
+                raise RuntimeUnavailableError(
+                    f"ONNX Runtime provider '{name}' is not available "
+                    f"(available: {', '.join(available)})"
+                )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # an explainer's optional `target` input is an
+        if threads:                     # initializer, which ORT would warn about
+            options.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=self.providers)
+        except Exception as exc:
+            raise TsgbError(f"ONNX Runtime cannot load the model: {exc}") from exc
+
+    def run_session(self, session, names: list[str], feeds: dict) -> list:
+        """Run `session`; ONNX Runtime failures become one-line errors."""
+        try:
+            return session.run(names, feeds)
+        except Exception as exc:
+            raise TsgbError(f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}") from exc
 
     def run(self, x: np.ndarray, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
         """Forward `x`; return (logits, {tensor: value}, {tensor: shape})."""
         session = self._session(tuple(values), tuple(shapes))
         names = [o.name for o in session.get_outputs()]
-        try:
-            outs = session.run(names, {self.graph.input_name: x})
-        except Exception as exc:
-            raise TsgbError(f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}") from exc
+        outs = self.run_session(session, names, {self.graph.input_name: x})
         recorded = dict(zip(names, outs))
         value_map = {t: recorded[t] for t in values if t in recorded}
         if self.graph.input_name in values:

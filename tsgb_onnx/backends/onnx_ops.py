@@ -40,6 +40,7 @@ class Batch:
 
 
 Dim = "int | Batch"
+FOLD_LIMIT = 1 << 16  # elements
 _ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.bool_): TensorProto.BOOL,
               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.float64): TensorProto.DOUBLE}
 
@@ -168,6 +169,13 @@ class OnnxOps:
     def _all_const(*args) -> bool:
         return all(not isinstance(a, Sym) or a.is_const for a in args)
 
+    @staticmethod
+    def _foldable(*args) -> bool:
+        """Constant operands small enough to fold now; larger ones (weights) stay nodes on
+        the model's initializers, which the runtime folds at load (no copies in the file)."""
+        return all(not isinstance(a, Sym) or (a.is_const and a.value.size <= FOLD_LIMIT)
+                   for a in args)
+
     def _fold(self, fn, *args) -> Sym:
         """Compute `fn` with NumPy on constant operands."""
         values = [a.value if isinstance(a, Sym) else a for a in args]
@@ -237,12 +245,12 @@ class OnnxOps:
     # -- element-wise ----------------------------------------------------------------------------
     def _binary(self, op: str, fn, a, b, dtype=None) -> Sym:
         a, b = self._lift(a), self._lift(b)
-        if a.is_const and b.is_const:
+        if self._foldable(a, b):
             return self._fold(fn, a, b)
         return self._emit(op, [a, b], broadcast_shapes(a.shape, b.shape), dtype or a.dtype)
 
     def _unary(self, op: str, fn, a) -> Sym:
-        if a.is_const:
+        if self._foldable(a):
             return self._fold(fn, a)
         return self._emit(op, [a], a.shape, a.dtype)
 
@@ -285,7 +293,7 @@ class OnnxOps:
     def sign(self, a):
         """x / max(|x|, FLT_MIN): the sign of every normal float and of 0 (ORT's Sign
         kernel is several times slower than Abs + Max + Div); subnormals map into (-1, 1)."""
-        if a.is_const:
+        if self._foldable(a):
             return self._fold(np.sign, a)
         tiny = float(np.finfo(np.float32).tiny)
         return self.div(a, self.maximum(self.abs(a), tiny))
@@ -347,7 +355,7 @@ class OnnxOps:
 
     def reshape(self, a, shape: Sequence):
         shape = tuple(d if isinstance(d, Batch) else int(d) for d in shape)
-        if a.is_const:
+        if self._foldable(a):
             return self.const(a.value.reshape(shape))
         if shape == a.shape:
             return a
@@ -355,7 +363,7 @@ class OnnxOps:
 
     def transpose(self, a, perm: Sequence[int]):
         perm = [int(p) for p in perm]
-        if a.is_const:
+        if self._foldable(a):
             return self.const(np.transpose(a.value, perm))
         return self._emit("Transpose", [a], tuple(a.shape[p] for p in perm), a.dtype, perm=perm)
 
@@ -389,7 +397,7 @@ class OnnxOps:
         return self.reshape(g, shape)
 
     def matmul(self, a, b):
-        if self._all_const(a, b):
+        if self._foldable(a, b):
             return self._fold(np.matmul, a, b)
         sa, sb = a.shape, b.shape
         a2 = (1,) + sa if len(sa) == 1 else sa
@@ -469,52 +477,45 @@ class OnnxOps:
                          rank_channels: int) -> Sym:
         """Adjoint of a Conv (`w`, `group`, `win`) applied to `t`, cropped to `spatial`.
 
-        With constant weights it is a Conv with the kernel flipped and its in/out channels
-        swapped per group, run on `t` with zeros inserted between elements when strided
-        (ORT's Conv is much faster than its ConvTranspose, above all for grouped kernels);
-        dense strided convs and non-constant weights use ConvTranspose.
+        Unstrided with constant weights, it is a Conv with the kernel flipped and its
+        in/out channels swapped per group (ORT's Conv is much faster than its ConvTranspose,
+        above all for grouped kernels); otherwise a ConvTranspose, cropped.
         """
         nd = win.nd
         out = [int(o) for o in t.shape[2:]]
         strided = any(s != 1 for s in win.strides)
         ext = [win.extent(i) for i in range(nd)]
         fits = all(win.pads[i] <= ext[i] - 1 for i in range(nd))
-        if not w.is_const or not fits or (strided and group == 1 and int(w.shape[0]) > 1):
+        if not w.is_const or not fits or strided:
             full = self._full_size(win, out)
             y = self._emit("ConvTranspose", [t, w], t.shape[:1] + (rank_channels,) + tuple(full),
                            group=int(group), pads=[0] * (2 * nd), **self._window_attrs(win))
             return self._place(y, range(2, 2 + nd), win.pads[:nd], [int(s) for s in spatial])
         n, mg = int(w.shape[0]), int(w.shape[1])
         ng = n // group
-        kernel = w.value.reshape((group, ng, mg) + win.kernel).swapaxes(1, 2)
-        kernel = kernel.reshape((group * mg, ng) + win.kernel)
-        kernel = np.ascontiguousarray(np.flip(kernel, axis=tuple(range(2, 2 + nd))))
-        if strided:
-            t = self._insert_zeros(t, win.strides)
+        kernel = self.reshape(w, (group, ng, mg) + win.kernel)
+        kernel = self.transpose(kernel, [0, 2, 1] + list(range(3, 3 + nd)))
+        kernel = self._flip(self.reshape(kernel, (group * mg, ng) + win.kernel),
+                            range(2, 2 + nd))
         size = [int(d) for d in t.shape[2:]]
         ends = [int(spatial[i]) - size[i] + win.pads[i] for i in range(nd)]
         pads = [ext[i] - 1 - win.pads[i] for i in range(nd)] + [max(e, 0) for e in ends]
         result = [size[i] - win.pads[i] + max(ends[i], 0) for i in range(nd)]
-        y = self._emit("Conv", [t, self.const(kernel, np.float32)],
+        y = self._emit("Conv", [t, kernel],
                        t.shape[:1] + (group * mg,) + tuple(result), group=int(group), pads=pads,
                        kernel_shape=list(win.kernel), dilations=list(win.dilations))
         if any(e < 0 for e in ends):
             y = self._place(y, range(2, 2 + nd), [0] * nd, [int(s) for s in spatial])
         return y
 
-    def _insert_zeros(self, t: Sym, strides: Sequence[int]) -> Sym:
-        """s-1 zeros after every element along each spatial axis (length out*s)."""
-        nd = len(strides)
-        lead = t.shape[:2]
-        out = [int(d) for d in t.shape[2:]]
-        spread = lead + tuple(x for d in out for x in (d, 1))
-        t = self.reshape(t, spread)
-        pads = [0] * len(spread) * 2
-        for i, s in enumerate(strides):
-            pads[len(spread) + 2 + 2 * i + 1] = s - 1
-        grown = lead + tuple(x for d, s in zip(out, strides) for x in (d, s))
-        t = self._emit("Pad", [t, self._ints(pads)], grown, t.dtype)
-        return self.reshape(t, lead + tuple(d * s for d, s in zip(out, strides)))
+    def _flip(self, a: Sym, axes) -> Sym:
+        axes = list(axes)
+        if self._foldable(a):
+            return self.const(np.ascontiguousarray(np.flip(a.value, axis=tuple(axes))))
+        big = np.iinfo(np.int64).max
+        return self._emit("Slice", [a, self._ints([-1] * len(axes)), self._ints([-big] * len(axes)),
+                                    self._ints(axes), self._ints([-1] * len(axes))],
+                          a.shape, a.dtype)
 
     def conv_input_grad(self, gy, w, x_shape: Sequence, win: Window, group: int):
         """Exact Conv input gradient (the conv's adjoint with its own weights)."""
@@ -547,23 +548,32 @@ class OnnxOps:
                                      spatial, channels)
 
     def maxpool_input_grad(self, x, gy, win: Window):
-        """MaxPool's indices, then a scatter-add of the signal (needs opset 16)."""
+        """MaxPool's indices, then a scatter-add of the signal (needs opset 16).
+
+        The pool is re-run with explicit end pads that give exactly the recorded output size
+        (ceil_mode and auto_pad resolved), cropping input that no window reads.
+        """
         self.b.required_opset = max(self.b.required_opset, 16)
+        nd = win.nd
         spatial = [int(s) for s in x.shape[2:]]
         out = [int(o) for o in gy.shape[2:]]
-        nd = win.nd
-        floor_out = [(spatial[i] + win.pads[i] + win.pads[i + nd] - win.extent(i))
-                     // win.strides[i] + 1 for i in range(nd)]
-        ceil_mode = int(floor_out != out)
-        (_, indices) = self.b.node("MaxPool", [self._in(x)], 2, pads=list(win.pads),
-                                   ceil_mode=ceil_mode, **self._window_attrs(win))
+        ends = [(out[i] - 1) * win.strides[i] + win.extent(i) - spatial[i] - win.pads[i]
+                for i in range(nd)]
+        read = [spatial[i] + min(ends[i], 0) for i in range(nd)]
+        if read != spatial:
+            x = self._place(x, range(2, 2 + nd), [0] * nd, read)
+        (_, indices) = self.b.node("MaxPool", [self._in(x)], 2,
+                                   pads=list(win.pads[:nd]) + [max(e, 0) for e in ends],
+                                   **self._window_attrs(win))
         flat = math.prod(x.shape)
         flat_index = self._emit("Reshape", [indices, self._ints([-1])], (flat,), np.int64)
         flat_signal = self.reshape(gy, (math.prod(gy.shape),))
-        zeros = self.zeros((flat,))
-        scattered = self._emit("ScatterElements", [zeros, flat_index, flat_signal], (flat,),
-                               axis=0, reduction="add")
-        return self.reshape(scattered, x.shape)
+        scattered = self._emit("ScatterElements", [self.zeros((flat,)), flat_index, flat_signal],
+                               (flat,), axis=0, reduction="add")
+        gx = self.reshape(scattered, x.shape)
+        if read != spatial:
+            gx = self._place(gx, range(2, 2 + nd), [0] * nd, spatial)
+        return gx
 
     def avgpool_divisor(self, spatial: Sequence[int], out: Sequence[int], win: Window,
                         count_include_pad: bool):
@@ -587,7 +597,7 @@ class OnnxOps:
             if sl == slice(None):
                 continue
             dim = int(x_shape[axis])
-            start, stop, step = sl.indices(dim)
+            start, _, step = sl.indices(dim)
             if step == 1:
                 unit_axes.append(axis)
                 begins.append(-start)

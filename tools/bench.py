@@ -98,7 +98,7 @@ def main() -> None:
                 if "engine" in paths:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        engine = Explainer(path, method=m)
+                        engine = Explainer(path, method=m, backend="numpy")
                     runners[m, "engine"] = (
                         lambda x, e=engine: e.explain(x, target=1))
                 if "compiled" in paths:

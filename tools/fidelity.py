@@ -1,4 +1,4 @@
-"""Fidelity table: engine vs independent references, max |diff| / max |map|.
+"""Fidelity table: Explainer (default path) vs independent references, max |diff| / max |map|.
 
     python tools/fidelity.py
 

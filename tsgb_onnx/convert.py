@@ -25,7 +25,7 @@ from .executor import run_program
 from .graph import Graph, ModelLike, build_graph, load_model
 from .methods import Method, get_method
 from .program import Program, plan
-from .record import SHAPE_SUFFIX, _onnxruntime, recording_model
+from .record import ForwardRecorder
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
@@ -67,6 +67,7 @@ class _Emitted:
     builder: GraphBuilder
     outputs: list[tuple[Sym, str]]  # (handle, output name)
     program: Program
+    logits_shape: tuple             # with Batch(k) dimensions
 
 
 def _compile(model, method_name, layer, output, options, keep_signal, seed_input,
@@ -137,20 +138,9 @@ def runtime_shapes(graph: Graph, tensors) -> dict[str, tuple]:
     names = tuple(dict.fromkeys(tensors))
     # graph optimisations off: ONNX Runtime would fold Shape nodes from the inferred shapes,
     # which can differ from what its kernels return (e.g. MaxPool SAME_UPPER with dilations)
-    ort = _onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        recording_model(graph, (), names).SerializeToString(), options,
-        providers=["CPUExecutionProvider"])
-    outputs = [o.name for o in session.get_outputs()]
-    seen = []
-    for b in batches:
-        x = np.zeros((b,) + tuple(shape[1:]), dtype=np.float32)
-        got = dict(zip(outputs, session.run(outputs, {graph.input_name: x})))
-        seen.append({t: tuple(x.shape) if t == graph.input_name else
-                     tuple(int(d) for d in got[t + SHAPE_SUFFIX]) for t in names})
+    recorder = ForwardRecorder(graph, optimize=False)
+    seen = [recorder.run(np.zeros((b,) + tuple(shape[1:]), dtype=np.float32), (), names)[2]
+            for b in batches]
     if not dynamic:
         return seen[0]
     out = {}
@@ -230,7 +220,7 @@ def _emit(graph: Graph, method: Method, options: dict, layer, keep_signal, seed_
     activation = values.get(program.layer) or forward(program.layer)
     signal = run_program(program, ops, values, shape_reads, seed, _ConstantHandles(graph, ops))
     if seed_input:
-        return _Emitted(builder, [(_materialize(ops, signal), SIGNAL)], program)
+        return _Emitted(builder, [(_materialize(ops, signal), SIGNAL)], program, logits.shape)
     rank = len(activation.shape)
     product = ops.mul(signal, activation)
     saliency = ops.sum(product, axis=graph.channel_axis(program.layer)) if rank > 1 else product
@@ -240,7 +230,7 @@ def _emit(graph: Graph, method: Method, options: dict, layer, keep_signal, seed_
     outputs = [(saliency, SALIENCY)]
     if keep_signal:
         outputs.append((_materialize(ops, signal), SIGNAL))
-    return _Emitted(builder, outputs, program)
+    return _Emitted(builder, outputs, program, logits.shape)
 
 
 def _np_dtype(graph: Graph, name: str):
@@ -287,8 +277,7 @@ def _assemble(graph: Graph, emitted: _Emitted, method: Method, options: dict, se
     g.initializer.extend(builder.initializers)
     batch = graph.input_shape[0]
     batch_name = batch if isinstance(batch, str) else None
-    logits_shape = [_dim(d, batch_name) for d in
-                    runtime_shapes(graph, (graph.logits_name,))[graph.logits_name]]
+    logits_shape = [_dim(d, batch_name) for d in emitted.logits_shape]
     if seed_input:
         g.input.append(helper.make_tensor_value_info(SEED, TensorProto.FLOAT, logits_shape))
     else:

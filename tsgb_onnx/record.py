@@ -47,9 +47,12 @@ def recording_model(graph: Graph, values: Sequence[str], shapes: Sequence[str]) 
 class ForwardRecorder:
     """Runs the model in ONNX Runtime and returns the tensors a program reads."""
 
-    def __init__(self, graph: Graph, providers: Sequence | None = None):
+    def __init__(self, graph: Graph, providers: Sequence | None = None, optimize: bool = True):
         self.graph = graph
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        # optimize=False turns ONNX Runtime's graph optimisations off, e.g. so that recorded
+        # shapes come from its kernels, not from Shape nodes folded from inferred shapes
+        self.optimize = optimize
         self._sessions: dict[tuple, object] = {}
 
     def _session(self, values: tuple[str, ...], shapes: tuple[str, ...]):
@@ -73,6 +76,8 @@ class ForwardRecorder:
         options.log_severity_level = 3  # an explainer's optional `target` input is an
         if threads:                     # initializer, which ORT would warn about
             options.intra_op_num_threads = threads
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             return ort.InferenceSession(model.SerializeToString(), options,
                                         providers=self.providers)

@@ -92,8 +92,7 @@ class Explainer:
     # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
     def _compiled_session(self, layer: str | None):
         """The compiled explainer for `layer` (built on first use), or None for the engine."""
-        if self.backend == "numpy" or (self.graph.num_classes is None
-                                       and self.backend == "auto"):
+        if self.backend == "numpy":
             return None
         if layer not in self._compiled:
             self.program(layer)  # a bad layer fails here with the planner's message
@@ -112,12 +111,14 @@ class Explainer:
         from .convert import SALIENCY, SIGNAL, TARGET
 
         x = self._check_input(x)
-        classes = self.graph.num_classes
+        # the explainer's logits output has a static class count (read from ONNX Runtime)
+        logits_meta = next(o for o in session.get_outputs() if o.name == self.graph.logits_name)
+        classes = int(logits_meta.shape[1])
         batch = x.shape[0] if x.ndim else 1
         if target is None:
             fed = np.full(batch, -1, dtype=np.int64)
         else:
-            fed = resolve_targets(target, np.zeros((batch, classes or 0), np.float32))
+            fed = resolve_targets(target, np.zeros((batch, classes), np.float32))
         saliency, signal, logits = self.recorder.run_session(
             session, [SALIENCY, SIGNAL, self.graph.logits_name],
             {self.graph.input_name: x, TARGET: fed})

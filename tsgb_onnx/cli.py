@@ -44,8 +44,28 @@ def _check_out(out: str | None) -> Path | None:
     return path
 
 
+def _option_value(text: str):
+    """`--opt` values: int, float, true/false, none, or a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _method_options(args) -> dict:
     options = {}
+    for item in getattr(args, "opt", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--opt expects KEY=VALUE, got '{item}'")
+        options[key.strip().replace("-", "_")] = _option_value(value.strip())
     if args.alpha is not None:
         options["alpha"] = args.alpha
     if args.reference_compat:
@@ -188,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TSGB: reproduce the reference code's variants")
         sp.add_argument("--output", default=None, help="model output holding the logits")
         sp.add_argument("--layer", default=None, help="tensor to explain at (default: model input)")
+        sp.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option (repeatable), e.g. --opt groups=16")
 
     e = sub.add_parser("explain", help="explain images or .npy tensors")
     e.add_argument("model", help="ONNX model file")
@@ -225,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="tsgb_demo.png", help="PNG to write")
     d.add_argument("--alpha", type=float, default=None, help="TSGB-FC scale coefficient")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_evaluate import register as register_evaluation
+
+    register_evaluation(sub)
     return p
 
 

@@ -75,7 +75,9 @@ def available_methods() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    from .rules import tsgb  # noqa: F401  (registers the built-in methods on import)
+    # importing these modules registers the built-in methods
+    from . import map_methods  # noqa: F401
+    from .rules import baselines, tsgb  # noqa: F401
 
 
 register_method(Method("gradient", GRADIENT, description="exact gradient (GradBP)"))

@@ -1,0 +1,1 @@
+"""Methods computed from forward passes and backward signals (CAM family, NormGrad, ...)."""

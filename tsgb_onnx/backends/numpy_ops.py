@@ -270,6 +270,29 @@ class NumpyOps:
             total += padded[:, k:k + channels]
         return total
 
+    def conv(self, x, w, win: Window, group: int, out: Sequence[int]):
+        """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""
+        B, M = x.shape[0], x.shape[1]
+        spatial = x.shape[2:]
+        out = tuple(int(o) for o in out)
+        N, Mg = w.shape[0], w.shape[1]
+        Ng = N // group
+        P = int(np.prod(out))
+        padded = win.padded_size(spatial, out)
+        xp = np.zeros((B, M) + padded, dtype=np.float32)
+        xp[(slice(None), slice(None)) + win.crop(spatial)] = x
+        wr = w.reshape((group, Ng, Mg) + w.shape[2:])
+        y = np.zeros((B, group, Ng, P), dtype=np.float32)
+        for offset in win.offsets():
+            v = xp[(slice(None), slice(None)) + win.window_slices(offset, out)]
+            v = v.reshape(B, group, Mg, P)
+            wk = wr[(slice(None),) * 3 + tuple(offset)]  # (G, Ng, Mg)
+            if Ng == 1 and Mg == 1:
+                y += v * wk.reshape(1, group, 1, 1)
+            else:
+                y += np.matmul(wk, v)
+        return y.reshape((B, N) + out)
+
 
 def pad_adjoint(n: int, m: int, begin: int, mode: str) -> np.ndarray:
     """[m, n] matrix A with dX = dY A along one axis of ONNX Pad (n inputs, m outputs)."""

@@ -626,3 +626,16 @@ class OnnxOps:
             part = self._place(padded, [1], [k], [channels])
             total = part if total is None else self.add(total, part)
         return total
+
+    def conv(self, x, w, win: Window, group: int, out: Sequence[int]):
+        """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""
+        x, w = self._lift(x), self._lift(w)
+        if x.is_const and w.is_const:
+            return self._fold(lambda a, b: self._np.conv(a, b, win, group, out), x, w)
+        spatial = [int(s) for s in x.shape[2:]]
+        out = [int(o) for o in out]
+        padded = win.padded_size(spatial, out)
+        ends = [padded[i] - spatial[i] - win.pads[i] for i in range(win.nd)]
+        return self._emit("Conv", [x, w], x.shape[:1] + (int(w.shape[0]),) + tuple(out),
+                          group=int(group), pads=list(win.pads[:win.nd]) + ends,
+                          **self._window_attrs(win))

@@ -94,8 +94,12 @@ def _group_sum(ops, a, batch: int, groups: int, per_group: int, spatial):
 
 @register(["BatchNormalization", "LRN", "InstanceNormalization"], reads=("x0", "y0"))
 def tsgb_normalization(ops, node, fwd, grads, opts):
-    """Eq. 6: G[X] = G[Y] * (Y ⊘ X)."""
-    gx = ops.mul(grads[0], ops.div_stab(fwd.y(0), fwd.x(0)))
+    """Eq. 6: G[X] = G[Y] * (Y ⊘ X) (a backend may provide a fused `tsgb_eq6_step`)."""
+    fused = getattr(ops, "tsgb_eq6_step", None)
+    if fused is not None:
+        gx = fused(grads[0], fwd.y(0), fwd.x(0))
+    else:
+        gx = ops.mul(grads[0], ops.div_stab(fwd.y(0), fwd.x(0)))
     return [gx] + [None] * (len(node.inputs) - 1)
 
 
@@ -123,6 +127,13 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
     w = fwd.x(1)
     if node.op_type == "Gemm" and node.attr("transB", 0):
         w = ops.swap_last(w)
+    fused = getattr(ops, "tsgb_fc_step", None)
+    if fused is not None:
+        gx = fused(x, w, g, float(opt(opts, "alpha", 1.0)),
+                   bool(opt(opts, "reference_compat", False)))
+        if node.op_type == "Gemm" and node.attr("transA", 0):
+            gx = ops.swap_last(gx)
+        return [gx] + [None] * (len(node.inputs) - 1)
     w_pos, w_neg = ops.maximum(w, 0.0), ops.minimum(w, 0.0)
     positive = ops.matmul(x, w_pos)
     if opt(opts, "reference_compat", False):

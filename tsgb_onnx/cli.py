@@ -8,11 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from .errors import InputError, TsgbError
 from .methods import available_methods, get_method
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_inputs
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -30,6 +27,27 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """--size: one positive integer, or HEIGHT,WIDTH."""
+    values = [_positive_int(v) for v in text.split(",")]
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got '{text}'")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from .explain_files import FORMATS
+
+    names = tuple(v.strip().lower() for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in FORMATS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"--format takes a comma list of {', '.join(FORMATS)}, got '{text}'")
+    return names
 
 
 def _check_out(out: str | None) -> Path | None:
@@ -73,57 +91,41 @@ def _method_options(args) -> dict:
     return options
 
 
-def _parse_target(text: str):
-    if text in ("top1", "top-1", ""):
-        return None
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(
-            f"--target must be 'top1', a class index or a comma list, got '{text}'") from None
-    return values[0] if len(values) == 1 else values
+def _explain_settings(args):
+    """The explain command's flags as `Settings` (checked before any work)."""
+    from .explain_files import Settings
 
-
-def _input_size(graph, layout: str) -> int | None:
-    shape = graph.input_shape
-    if shape is None or len(shape) != 4:
-        return None
-    h = shape[2] if layout == "nchw" else shape[1]
-    return h if isinstance(h, int) and h > 0 else None
+    out = _check_out(args.out)
+    formats = tuple(dict.fromkeys(f for group in args.format for f in group))
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if out is not None and (out_dir is not None or formats):
+        raise InputError("--out writes one file; --out-dir/--format write a folder: "
+                         "give one or the other")
+    if formats and out_dir is None:
+        out_dir = Path("tsgb_maps")
+    if out_dir is not None and not formats:
+        formats = ("png", "html")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir '{out_dir}' exists and is not a folder")
+    explicit = {"size": args.size, "mean": args.mean, "std": args.std, "layout": args.layout,
+                "channel_order": args.channel_order, "pixel_max": args.pixel_range,
+                "crop": False if args.no_crop else None}
+    return Settings(inputs=args.inputs, target=args.target, top_k=args.top_k,
+                    labels=args.labels, preset=args.preset, explicit=explicit,
+                    batch_size=args.batch_size, progress=args.progress, out=out,
+                    out_dir=out_dir, formats=formats, colormap=args.colormap, cmap=args.cmap,
+                    layer=args.layer)
 
 
 def cmd_explain(args) -> int:
+    from .explain_files import choose_preprocessing, run
     from .explainer import Explainer
-    from .render import heatmap, save_png
 
-    out = _check_out(args.out)
+    settings = _explain_settings(args)
     explainer = Explainer(args.model, method=args.method, output=args.output,
                           backend=args.backend, **_method_options(args))
-    graph = explainer.graph
-    layout = args.layout or ("nhwc" if graph.channel_axis(graph.input_name) == -1 else "nchw")
-    size = args.size or _input_size(graph, layout) or 224
-    prep = Preprocessing(size=size, mean=args.mean, std=args.std, layout=layout,
-                         crop=not args.no_crop)
-    rank = len(graph.input_shape or (0, 0, 0, 0))
-    x, shown, names = load_inputs(args.inputs, prep, rank=rank)
-    result = explainer.explain(x, target=_parse_target(args.target), layer=args.layer)
-    saliency = result.saliency
-    for i, name in enumerate(names):
-        t = int(result.target[i])
-        print(f"{name}: target {t} (logit {result.logits[i, t]:.4f}), "
-              f"saliency {tuple(saliency.shape[1:])} range [{saliency[i].min():.3g}, "
-              f"{saliency[i].max():.3g}]")
-    if out is None:
-        return 0
-    if out.suffix.lower() == ".npy":
-        np.save(out, saliency)
-        print(f"wrote {out}")
-    else:
-        for i, name in enumerate(names):
-            path = out if len(names) == 1 else out.with_name(f"{out.stem}_{name}{out.suffix}")
-            save_png(heatmap(saliency[i], shown[i]), path)
-            print(f"wrote {path}")
-    return 0
+    prep = choose_preprocessing(explainer.graph, settings.preset, settings.explicit)
+    return run(explainer, settings, prep)
 
 
 def cmd_inspect(args) -> int:
@@ -211,15 +213,46 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option (repeatable), e.g. --opt groups=16")
 
-    e = sub.add_parser("explain", help="explain images or .npy tensors")
+    e = sub.add_parser("explain", help="explain images, .npy tensors or folders of them")
     e.add_argument("model", help="ONNX model file")
-    e.add_argument("inputs", nargs="+", help=".npy tensors or image files")
+    e.add_argument("inputs", nargs="+",
+                   help="image files, .npy tensors, or folders (searched recursively)")
     method_flags(e)
-    e.add_argument("--target", default="top1", help="'top1', a class index, or one per input: 3,7")
-    e.add_argument("--out", default=None, help="write saliency to .npy (raw) or .png (heat map)")
-    e.add_argument("--size", type=_positive_int, default=None, help="image size (default: the model's)")
-    e.add_argument("--mean", type=_floats, default=IMAGENET_MEAN, help="per-channel mean")
-    e.add_argument("--std", type=_floats, default=IMAGENET_STD, help="per-channel std")
+    e.add_argument("--target", default="top1",
+                   help="'top1', a class index or name, or one per input: 3,7 or cat,dog")
+    e.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
+                   help="explain the K best classes of every input")
+    e.add_argument("--labels", default=None, metavar="FILE",
+                   help="class names: a text file (one per line), a JSON list, or 'imagenet' "
+                        "(default: the model's metadata)")
+    e.add_argument("--out", default=None,
+                   help="one file: saliency as .npy (raw) or .png (heat map per image)")
+    e.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write per-input files and an index page to DIR")
+    e.add_argument("--format", type=_formats, action="append", default=[],
+                   metavar="npy,png,html",
+                   help="what --out-dir gets (comma list; default png,html; html alone "
+                        "embeds its pictures)")
+    e.add_argument("--batch-size", type=_positive_int, default=8, help="inputs per run")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    e.add_argument("--colormap", choices=("positive", "diverging"), default="positive",
+                   help="positive: negatives truncated (the paper's display); diverging: "
+                        "blue negative, red positive")
+    e.add_argument("--cmap", default=None,
+                   help="matplotlib colormap name (default jet / RdBu_r; a built-in map "
+                        "without matplotlib)")
+    e.add_argument("--preset", choices=("torchvision", "caffe", "tf", "none"), default=None,
+                   help="image preprocessing preset (overrides the model's metadata)")
+    e.add_argument("--size", type=_size, default=None,
+                   help="image size, SIZE or HEIGHT,WIDTH (default: the model's)")
+    e.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean, in the model's channel order")
+    e.add_argument("--std", type=_floats, default=None, help="per-channel std")
+    e.add_argument("--pixel-range", type=float, default=None, metavar="MAX",
+                   help="pixels scaled to [0, MAX] before mean/std: 1 or 255")
+    e.add_argument("--channel-order", choices=("rgb", "bgr"), default=None,
+                   help="channel order of the model input")
     e.add_argument("--layout", choices=("nchw", "nhwc"), default=None,
                    help="image tensor layout (default: detected from the model)")
     e.add_argument("--no-crop", action="store_true", help="resize to size×size without cropping")

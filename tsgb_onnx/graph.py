@@ -7,6 +7,8 @@ name, and the model input and the logits tensor (before any final Softmax) are k
 
 from __future__ import annotations
 
+import json
+
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -141,6 +143,10 @@ class Graph:
         channels-first (NHWC inputs of TensorFlow/Keras exports), else 1."""
         shape = self.shapes.get(tensor)
         consumers = self.consumers.get(tensor, [])
+        if tensor == self.input_name and shape and len(shape) >= 3:
+            declared = self.declared_layout()
+            if declared is not None:
+                return -1 if declared == "nhwc" else 1
         if not shape or len(shape) < 3 or not consumers:
             return 1
         rank = len(shape)
@@ -149,6 +155,18 @@ class Graph:
                for n in consumers):
             return -1
         return 1
+
+    def declared_layout(self) -> str | None:
+        """The input layout ('nchw' / 'nhwc') stored by the exporters in the model metadata
+        (`tsgb.preprocess`), if any: it decides for channels-last models without a Transpose."""
+        for prop in self.model.metadata_props:
+            if prop.key == "tsgb.preprocess":
+                try:
+                    layout = json.loads(prop.value).get("layout")
+                except (ValueError, AttributeError):
+                    return None
+                return layout if layout in ("nchw", "nhwc") else None
+        return None
 
     def op_types(self) -> list[str]:
         return sorted({n.op_type for n in self.nodes})

@@ -6,11 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .graph import Node
-from .program import Program, Step
+from .program import REFERENCE, Program, Step
 
 
 class StepView:
-    """What a rule sees of the forward pass: its node's recorded inputs and outputs."""
+    """What a rule sees of the forward pass: its node's recorded inputs and outputs
+    (and, for methods with a reference pass, their reference values: `rx(i)`, `ry(i)`)."""
 
     __slots__ = ("_node", "_step", "_values", "_shapes", "_ops", "_consts")
 
@@ -38,6 +39,15 @@ class StepView:
     def y(self, i: int):
         return self._tensor(self._node.outputs[i])
 
+    def rx(self, i: int):
+        """Input `i` in the reference forward pass (a constant is its own reference)."""
+        name = self._node.inputs[i]
+        return self._tensor(name if name in self._node.graph.constants else REFERENCE + name)
+
+    def ry(self, i: int):
+        """Output `i` in the reference forward pass."""
+        return self._tensor(REFERENCE + self._node.outputs[i])
+
     def tensor(self, name: str):
         """A forward tensor the rule declared with `"@name"` in its reads."""
         return self._tensor(name)
@@ -55,17 +65,29 @@ class StepView:
         return i < len(self._node.inputs) and self._node.inputs[i] in self._step.produces
 
 
+def _zeros_like_tensor(ops, name: str, values: dict, shapes: dict):
+    shape = ops.shape(values[name]) if name in values else shapes[name]
+    return ops.zeros(shape)
+
+
 def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
-                seed, consts: dict | None = None) -> Any:
+                seed, consts: dict | None = None, tapped: dict | None = None) -> Any:
     """Propagate `seed` (the signal at the logits) back to the program's layer.
 
-    `values` is consumed: each forward tensor is dropped after its last use.
-    Returns the signal at `program.layer`.
+    `values` is consumed: each forward tensor is dropped after its last use (the layer's
+    and the taps' values are kept). Returns the signal at `program.layer`; when `tapped`
+    is a dict, it receives the complete signal of every tap in `program.taps` (taken when
+    the tap's producer step pops it; zeros where no signal arrives).
     """
     consts = {} if consts is None else consts
     signals: dict[str, Any] = {program.logits: seed}
+    taps = set(program.taps)
     for step in program.steps:
         grads = [signals.pop(o, None) for o in step.node.outputs]
+        if tapped is not None and taps:
+            for o, g in zip(step.node.outputs, grads):
+                if o in taps:
+                    tapped[o] = g
         if all(g is None for g in grads):
             continue
         view = StepView(step, values, shapes, ops, consts)
@@ -82,11 +104,17 @@ def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str,
     signal = signals.get(program.layer)
     if signal is None:  # every path to the layer was cut (e.g. all rows dead): no signal
         signal = ops.zeros(ops.shape(values[program.layer]))
+    if tapped is not None:
+        for t in program.taps:  # graph inputs have no producer step: their signal is final
+            if tapped.get(t) is None:
+                g = signals.get(t)
+                tapped[t] = g if g is not None else _zeros_like_tensor(ops, t, values, shapes)
     return signal
 
 
 def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
-                     seed, consts: dict | None = None, workers: int = 1) -> Any:
+                     seed, consts: dict | None = None, workers: int = 1,
+                     tapped: dict | None = None) -> Any:
     """`run_program` on `workers` slices of the batch in parallel threads.
 
     Rows of a batch are independent, and array libraries release the GIL inside their
@@ -96,7 +124,7 @@ def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict
     batch = ops.shape(seed)[0] if ops.ndim(seed) else 1
     workers = min(workers, batch)
     if workers <= 1 or not program.batch_major:
-        return run_program(program, ops, values, shapes, seed, consts)
+        return run_program(program, ops, values, shapes, seed, consts, tapped)
     consts = {} if consts is None else consts
     bounds = [batch * i // workers for i in range(workers + 1)]
     jobs = []
@@ -105,7 +133,12 @@ def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict
         part_shapes = {t: (hi - lo,) + tuple(s[1:]) for t, s in shapes.items()}
         jobs.append((part_values, part_shapes, seed[lo:hi]))
     values.clear()  # the slices hold the only references now: released as steps finish
+    part_taps: list[dict | None] = [{} if tapped is not None else None for _ in jobs]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(
-            lambda job: run_program(program, ops, job[0], job[1], job[2], consts), jobs))
+            lambda k: run_program(program, ops, jobs[k][0], jobs[k][1], jobs[k][2], consts,
+                                  part_taps[k]), range(len(jobs))))
+    if tapped is not None:
+        for t in program.taps:
+            tapped[t] = ops.concat([p[t] for p in part_taps], 0)
     return ops.concat(parts, 0)

@@ -13,7 +13,7 @@ from .errors import InputError, MethodError, ModelError, TargetError
 from .executor import run_program_rows
 from .graph import ModelLike, build_graph
 from .methods import get_method
-from .program import Program, plan
+from .program import REFERENCE, Program, plan
 from .record import ForwardRecorder
 
 TargetLike = Union[None, int, Sequence[int], np.ndarray]
@@ -25,8 +25,10 @@ class Explanation:
     """Result of one explanation call (all arrays are NumPy)."""
 
     saliency: np.ndarray  # [B, *spatial] = sum over channels of signal * activation at `layer`
-    #                       (channels-last inputs, e.g. NHWC Keras exports, are detected)
-    signal: np.ndarray    # backward signal at `layer`, same shape as that tensor
+    #                       (channels-last inputs, e.g. NHWC Keras exports, are detected);
+    #                       map methods (gradcam, fullgrad, ...): their map, at the input size
+    signal: np.ndarray | None  # backward signal at `layer`, same shape as that tensor (map
+    #                            methods: the signal their map is built from, or None)
     logits: np.ndarray    # [B, classes]
     target: np.ndarray    # [B] int64
     layer: str
@@ -55,16 +57,46 @@ class Explainer:
         # threads of the NumPy backward (batch slices) and of the compiled session
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
         self._consts: dict = {}
-        self._programs: dict[str | None, Program] = {}
+        self._subs: dict = {}
+        self._init_method()
+
+    def _init_method(self) -> None:
+        self._programs: dict[tuple, Program] = {}
         self._compiled: dict[str | None, object] = {}
-        self.program()  # plan now: an unsupported op fails before anything runs
+        if self.method.reference is not None and self.backend == "compiled":
+            raise MethodError(
+                f"method '{self.method.name}' needs a reference forward pass, which the compiled "
+                "explainer cannot run: use backend='auto' or 'numpy'")
+        if self.method.single_pass:
+            self.program()  # plan now: an unsupported op fails before anything runs
+        else:
+            self.sub_explainer(self.method.backward)  # its rules must cover the graph
+
+    def sub_explainer(self, method: str, **options) -> "Explainer":
+        """An explainer for another method on the same graph and forward recorder
+        (nothing is parsed again; built once per method and options)."""
+        key = (method, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
+        if key not in self._subs:
+            sub = object.__new__(Explainer)
+            sub.method = get_method(method)
+            sub.options = sub.method.resolve_options(options)
+            sub.graph, sub.recorder, sub.ops = self.graph, self.recorder, self.ops
+            sub.backend = self.backend
+            if sub.method.reference is not None and self.backend == "compiled":
+                sub.backend = "numpy"
+            sub.threads, sub._consts, sub._subs = self.threads, self._consts, self._subs
+            self._subs[key] = sub
+            sub._init_method()
+        return self._subs[key]
 
     # -- planning ------------------------------------------------------------------------
-    def program(self, layer: str | None = None) -> Program:
-        """The reverse program from the logits to `layer` (default: the model input)."""
-        if layer not in self._programs:
-            self._programs[layer] = plan(self.graph, self.method, self.options, layer)
-        return self._programs[layer]
+    def program(self, layer: str | None = None, taps: Sequence[str] = ()) -> Program:
+        """The reverse program from the logits to `layer` (default: the model input), also
+        returning the signals at `taps`. Map methods have none: MethodError."""
+        key = (layer, tuple(taps))
+        if key not in self._programs:
+            self._programs[key] = plan(self.graph, self.method, self.options, layer, tuple(taps))
+        return self._programs[key]
 
     # -- running -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -74,25 +106,76 @@ class Explainer:
     def explain(self, x: np.ndarray, target: TargetLike = None,
                 layer: str | None = None) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
+        if not self.method.single_pass:
+            result = self.method.compute(self, self._check_input(x), target, layer, self.options)
+            result.method = self.method.name
+            return result
         session = self._compiled_session(layer)
         if session is not None:
             return self._explain_compiled(session, x, target, layer)
         program, logits, values, shapes = self._record(x, layer)
+        targets = self._targets(target, logits)
+        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+        activation = self._activation(values, program.layer, program.reference)
+        signal = self._backward(program, values, shapes, seed)
+        return self._finish(signal, activation, logits, targets, program)
+
+    def signals(self, x: np.ndarray, target: TargetLike = None, layers: Sequence[str] = ()
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Signals at several tensors from ONE backward pass (engine path).
+
+        Runs the explainer's rule method (a map method: its `backward` method, default
+        the exact gradient) and returns ``(logits, targets, {layer: (activation, signal)})``,
+        NumPy arrays; `layers` defaults to the model input. A reference method (deeplift)
+        returns the activation at `x`, not its difference from the reference.
+        """
+        if not self.method.single_pass:
+            return self.sub_explainer(self.method.backward).signals(x, target, layers)
+        layers = tuple(dict.fromkeys(layers)) or (self.graph.input_name,)
+        program, logits, values, shapes = self._record(x, layers[0], layers)
+        targets = self._targets(target, logits)
+        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+        activations = {t: values[t] for t in layers}
+        tapped: dict = {}
+        self._backward(program, values, shapes, seed, tapped)
+        to_np = self.ops.to_numpy
+        return (np.asarray(logits), targets,
+                {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers})
+
+    def reference_input(self, x: np.ndarray) -> np.ndarray:
+        """The reference pass's input for `x` (methods with a reference, e.g. the baseline)."""
+        ref = np.asarray(self.method.reference(x, self.options), dtype=np.float32)
+        try:
+            return np.ascontiguousarray(np.broadcast_to(ref, x.shape))
+        except ValueError:
+            raise InputError(
+                f"{self.method.name}: the reference input has shape {ref.shape}, which does not "
+                f"broadcast to the input's {tuple(x.shape)}: give a float or a matching array"
+            ) from None
+
+    def _targets(self, target: TargetLike, logits: np.ndarray) -> np.ndarray:
         if logits.ndim != 2:
             raise TargetError(
                 f"the logits '{self.graph.logits_name}' have shape {logits.shape}, not "
                 "[batch, classes]: choose the classifier output with output=NAME"
             )
-        targets = resolve_targets(target, logits)
-        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
-        activation = values[program.layer]
-        signal = self._backward(program, values, shapes, seed)
-        return self._finish(signal, activation, logits, targets, program)
+        return resolve_targets(target, logits)
+
+    def _activation(self, values: dict, layer: str, reference: bool):
+        """The layer's value; for a reference method, its difference from the reference."""
+        if reference:
+            return self.ops.sub(values[layer], values[REFERENCE + layer])
+        return values[layer]
 
     # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
     def _compiled_session(self, layer: str | None):
         """The compiled explainer for `layer` (built on first use), or None for the engine."""
         if self.backend == "numpy":
+            return None
+        if self.method.reference is not None:  # the compiled explainer has no reference pass
+            if self.backend == "compiled":
+                raise MethodError(f"method '{self.method.name}' cannot run compiled: use "
+                                  "backend='auto' or 'numpy'")
             return None
         if layer not in self._compiled:
             self.program(layer)  # a bad layer fails here with the planner's message
@@ -134,16 +217,21 @@ class Explainer:
             raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
         return self.ops.to_numpy(self._backward(program, values, shapes, seed))
 
-    def _record(self, x, layer):
-        """Check `x`, plan for `layer`, run the recording forward pass."""
+    def _record(self, x, layer, taps: Sequence[str] = ()):
+        """Check `x`, plan for `layer` (and `taps`), run the recording forward pass(es)."""
         x = self._check_input(x)
-        program = self.program(layer)
-        logits, values, shapes = self.recorder.run(x, program.record, program.record_shapes)
+        program = self.program(layer, taps)
+        plain = tuple(t for t in program.record if not t.startswith(REFERENCE))
+        logits, values, shapes = self.recorder.run(x, plain, program.record_shapes)
+        if program.reference:
+            names = tuple(t[len(REFERENCE):] for t in program.record if t.startswith(REFERENCE))
+            _, ref_values, _ = self.recorder.run(self.reference_input(x), names)
+            values.update({REFERENCE + t: v for t, v in ref_values.items()})
         return program, logits, values, shapes
 
-    def _backward(self, program, values, shapes, seed):
+    def _backward(self, program, values, shapes, seed, tapped: dict | None = None):
         return run_program_rows(program, self.ops, values, shapes, seed, self._consts,
-                                self.threads)
+                                self.threads, tapped)
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops
@@ -193,6 +281,17 @@ class Explainer:
                 "clean the input before explaining"
             )
         return x
+
+
+def _option_key(value):
+    """A hashable stand-in for an option value (arrays by content)."""
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, str(value.dtype), value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_option_key(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _option_key(v)) for k, v in value.items()))
+    return value
 
 
 def resolve_targets(target: TargetLike, logits: np.ndarray) -> np.ndarray:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ModelError, UnsupportedOpError
+from .errors import MethodError, ModelError, UnsupportedOpError
 from .graph import Graph, Node
 from .methods import Method
 from .rules.registry import Rule
+
+# recorded values of the reference forward pass (e.g. DeepLIFT's baseline) are keyed
+# REFERENCE + tensor name; rules read them with the tokens "rx<i>" / "ry<i>"
+REFERENCE = "ref::"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,12 @@ class Program:
     record_shapes: tuple[str, ...]   # tensors whose shapes the forward pass must return
     options: dict = field(default_factory=dict)
     batch_major: bool = False  # every recorded tensor has the input's batch axis first
+    taps: tuple[str, ...] = ()  # tensors whose complete signal the executor also returns
+
+    @property
+    def reference(self) -> bool:
+        """Whether the program reads a reference forward pass (`REFERENCE` keys)."""
+        return any(t.startswith(REFERENCE) for t in self.record)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -79,27 +89,56 @@ def _expand_reads(rule: Rule, node: Node) -> tuple[list[str], list[str]]:
             values.append(token[1:])
             continue
         kind, _, what = token.partition(".")
+        prefix = ""
+        if kind[0] == "r":  # the reference pass's value of the same tensor
+            prefix, kind = REFERENCE, kind[1:]
         side = node.inputs if kind[0] == "x" else node.outputs
         idx = range(len(side)) if kind[1:] == "*" else [int(kind[1:])]
         for i in idx:
             if i >= len(side) or not side[i] or side[i] in node.graph.constants:
                 continue
-            (shapes if what == "shape" else values).append(side[i])
+            if what == "shape":
+                shapes.append(side[i])
+            else:
+                values.append(prefix + side[i])
     return values, shapes
 
 
-def plan(graph: Graph, method: Method, options: dict, layer: str | None = None) -> Program:
-    """Build the reverse program of `method` from the logits back to `layer`."""
+def live_tensors(graph: Graph, layer: str | None = None) -> set[str]:
+    """Float tensors on a path from `layer` (default: the input) to the logits."""
     layer = layer or graph.input_name
-    if not graph.has_tensor(layer):
-        raise ModelError(f"layer '{layer}' is not a tensor of the model")
-    if not graph.is_float(layer):
-        raise ModelError(f"layer '{layer}' is not a floating-point tensor")
-    downstream = _reaching(graph, layer, forward=True)
+    return (_reaching(graph, layer, forward=True)
+            & _reaching(graph, graph.logits_name, forward=False))
+
+
+def _check_tensor(graph: Graph, name: str) -> None:
+    if not graph.has_tensor(name):
+        raise ModelError(f"layer '{name}' is not a tensor of the model")
+    if not graph.is_float(name):
+        raise ModelError(f"layer '{name}' is not a floating-point tensor")
+
+
+def plan(graph: Graph, method: Method, options: dict, layer: str | None = None,
+         taps: tuple[str, ...] = ()) -> Program:
+    """Build the reverse program of `method` from the logits back to `layer`.
+
+    `taps` are further tensors whose complete signals the same backward pass returns
+    (the program then covers every path from each tap to the logits).
+    """
+    if not getattr(method, "single_pass", True):
+        raise MethodError(
+            f"method '{method.name}' is not one backward pass, so it has no reverse program "
+            "(it runs through Explainer.explain only; not convert or inspect --program)")
+    layer = layer or graph.input_name
+    taps = tuple(dict.fromkeys(taps))
     upstream = _reaching(graph, graph.logits_name, forward=False)
-    live = downstream & upstream
-    if graph.logits_name not in live:
-        raise ModelError(f"the logits '{graph.logits_name}' do not depend on layer '{layer}'")
+    live: set[str] = set()
+    for t in (layer,) + taps:
+        _check_tensor(graph, t)
+        reach = _reaching(graph, t, forward=True) & upstream
+        if graph.logits_name not in reach:
+            raise ModelError(f"the logits '{graph.logits_name}' do not depend on layer '{t}'")
+        live |= reach
 
     if method.prepare is not None:
         method.prepare(graph, options)
@@ -119,6 +158,7 @@ def plan(graph: Graph, method: Method, options: dict, layer: str | None = None) 
     for node, rule in reversed(rules):
         values, shapes = _expand_reads(rule, node)
         raw.append((node, rule, values, shapes))
+    kept = {layer, *taps} | {REFERENCE + t for t in (layer, *taps)}
     last_use: dict[str, int] = {}
     for i, (_, _, values, _) in enumerate(raw):
         for t in values:
@@ -132,15 +172,20 @@ def plan(graph: Graph, method: Method, options: dict, layer: str | None = None) 
             shape_reads=tuple(shapes),
             consumes=tuple(o for o in node.outputs if o in live),
             produces=tuple(dict.fromkeys(t for t in node.inputs if t in live)),
-            release=tuple(t for t in dict.fromkeys(values) if last_use[t] == i and t != layer),
+            release=tuple(t for t in dict.fromkeys(values)
+                          if last_use[t] == i and t not in kept),
         ))
-    # the layer's value is kept to the end: the saliency is sum_c signal * value
-    record = tuple(dict.fromkeys([layer] + [t for s in steps for t in s.reads]))
+    # the layer's and the taps' values are kept to the end: the saliency is
+    # sum_c signal * value (a reference method: signal * (value - reference value))
+    kept_values = [layer, *taps]
+    if getattr(method, "reference", None) is not None:
+        kept_values += [REFERENCE + t for t in (layer, *taps)]
+    record = tuple(dict.fromkeys(kept_values + [t for s in steps for t in s.reads]))
     record_shapes = tuple(dict.fromkeys(
         t for s in steps for t in s.shape_reads if t not in record))
     batch = (graph.input_shape or (None,))[0]
     batch_major = isinstance(batch, str) and all(
-        (graph.shapes.get(t) or (None,))[0] == batch
+        (graph.shapes.get(t.removeprefix(REFERENCE)) or (None,))[0] == batch
         for t in (graph.logits_name,) + record + record_shapes)
     return Program(method.name, graph.logits_name, layer, steps, record, record_shapes, options,
-                   batch_major)
+                   batch_major, taps)

@@ -33,16 +33,18 @@ class TsgbWarning(UserWarning):
 
 
 def relu_after(node) -> str | None:
-    """The output of a Relu that is the only consumer of `node`'s output, if any.
+    """The output of a Relu or Clip that is the only consumer of `node`'s output, if any.
 
-    Y * G[Y] equals Relu(Y) * G[Y] (G[Y] is 0 where Y <= 0), so TSGB-Conv may read the
-    Relu's output instead of Y: the forward pass then never has to keep Y, and runtimes
-    keep their Conv+Relu fusion.
+    Y * G[Y] equals A(Y) * G[Y] for A = Relu or Clip under their exact gradients: G[Y] is 0
+    wherever A(Y) != Y. So TSGB-Conv may read the activation's output instead of Y: the
+    forward pass then never has to keep Y, and runtimes keep their Conv+Relu / Conv+Clip
+    fusions.
     """
     graph = node.graph
     out = node.outputs[0]
     consumers = graph.consumers.get(out, [])
-    if (len(consumers) == 1 and consumers[0].op_type == "Relu"
+    if (len(consumers) == 1 and consumers[0].op_type in ("Relu", "Clip")
+            and consumers[0].inputs[0] == out
             and out not in {o.name for o in graph.model.graph.output}):
         return consumers[0].outputs[0]
     return None

@@ -17,7 +17,7 @@ from onnx_builders import make_model
 from onnx_builders import node as N
 from test_rules_fd import ALL, TIES
 
-from tsgb_onnx import Explainer, ModelError, UnsupportedOpError
+from tsgb_onnx import Explainer, MethodError, ModelError, UnsupportedOpError
 from tsgb_onnx.cli import main
 from tsgb_onnx.convert import ConvertWarning, convert, convert_vjp
 
@@ -220,6 +220,10 @@ def test_refusals(onnx_zoo):
                        (1, 4))
     with pytest.raises(ModelError, match="already has a tensor named 'saliency'"):
         convert(named)
+    with pytest.raises(MethodError, match="method 'deeplift' needs a second .reference. forward"):
+        convert(proto, method="deeplift")
+    with pytest.raises(MethodError, match="'gradcam' is not one backward pass"):
+        convert(proto, method="gradcam")
 
 
 def test_cli_convert(tmp_path, onnx_zoo):

@@ -624,3 +624,54 @@ def test_explainer_device_cuda_if_wired(onnx_zoo):
     got = Explainer(proto, method="tsgb", device="cuda").explain(x, target=target)
     want = Explainer(proto, method="tsgb", backend="numpy").explain(x, target=target)
     _close_maps(got.saliency, want.saliency)
+
+
+# -- Explainer(device=...) on a machine without a usable GPU ----------------------------------
+@pytest.mark.skipif(_ort_has_cuda() and _gpu_count() > 0, reason="a GPU is usable here")
+def test_explainer_device_cuda_fails_with_one_line_without_a_gpu(onnx_zoo):
+    from tsgb_onnx import Explainer
+
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    with pytest.raises(RuntimeUnavailableError) as info:
+        Explainer(proto, method="tsgb", device="cuda")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("device='cuda' is unavailable: ")
+
+
+@pytest.mark.skipif(_ort_has_cuda() and _gpu_count() > 0, reason="a GPU is usable here")
+def test_explainer_device_auto_falls_back_to_the_cpu_map(onnx_zoo):
+    from tsgb_onnx import Explainer
+
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    x = onnx_zoo.example("vgg16_style", batch=2, seed=5).numpy()
+    gpu._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = Explainer(proto, method="tsgb", device="auto")
+        Explainer(proto, method="gradient", device="auto")
+    notes = [w for w in caught if issubclass(w.category, gpu.GpuFallbackWarning)]
+    assert len(notes) == 1 and auto.device.name == "cpu"
+    got = auto.explain(x, target=[1, 0]).saliency
+    want = Explainer(proto, method="tsgb", device="cpu").explain(x, target=[1, 0]).saliency
+    np.testing.assert_array_equal(got, want)
+
+
+def test_explainer_unknown_device_is_a_method_error(onnx_zoo):
+    from tsgb_onnx import Explainer
+
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    with pytest.raises(MethodError, match="device must be one of cpu, cuda, auto"):
+        Explainer(proto, device="gpu0")
+
+
+@pytest.mark.skipif(_ort_has_cuda() and _gpu_count() > 0, reason="a GPU is usable here")
+def test_cli_device_cuda_without_a_gpu_exits_2_with_one_line(onnx_zoo, tmp_path, capsys):
+    from tsgb_onnx.cli import main
+
+    path, _ = onnx_zoo.get("vgg16_style", False)
+    x = tmp_path / "x.npy"
+    np.save(x, onnx_zoo.example("vgg16_style", batch=1).numpy())
+    code = main(["explain", str(path), str(x), "--device", "cuda", "--out",
+                 str(tmp_path / "m.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("tsgb: error: device='cuda'")

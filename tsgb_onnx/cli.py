@@ -123,7 +123,7 @@ def cmd_explain(args) -> int:
 
     settings = _explain_settings(args)
     explainer = Explainer(args.model, method=args.method, output=args.output,
-                          backend=args.backend, **_method_options(args))
+                          backend=args.backend, device=args.device, **_method_options(args))
     prep = choose_preprocessing(explainer.graph, settings.preset, settings.explicit)
     return run(explainer, settings, prep)
 
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiled: the convert explainer in one ONNX Runtime session; numpy: "
                         "ONNX Runtime forward + NumPy backward; auto (default): compiled "
                         "when the model has fixed image sizes")
+    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="cuda: ONNX Runtime CUDA forward + CuPy backward (needs the [gpu] "
+                        "extra); auto: cuda when usable, else the CPU (said once)")
     e.set_defaults(func=cmd_explain)
 
     c = sub.add_parser("convert", help="write a self-contained ONNX explainer model")

@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
-from .errors import ModelError, TsgbError
+from .errors import MethodError, ModelError, TsgbError
 from .executor import run_program
 from .graph import Graph, ModelLike, build_graph, load_model
 from .methods import Method, get_method
@@ -73,6 +73,10 @@ class _Emitted:
 def _compile(model, method_name, layer, output, options, keep_signal, seed_input,
              expose_logits=False):
     method = get_method(method_name)
+    if getattr(method, "reference", None) is not None:
+        raise MethodError(
+            f"method '{method.name}' needs a second (reference) forward pass, which a compiled "
+            "explainer does not hold: explain with it through Explainer or tsgb explain instead")
     options = method.resolve_options(options)
     if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
         graph, proto = model, model.model

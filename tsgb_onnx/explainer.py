@@ -11,6 +11,7 @@ import numpy as np
 from .backends import NumpyOps
 from .errors import InputError, MethodError, ModelError, TargetError
 from .executor import run_program_rows
+from .gpu import resolve_device
 from .graph import ModelLike, build_graph
 from .methods import get_method
 from .program import REFERENCE, Program, plan
@@ -41,18 +42,36 @@ class Explainer:
     >>> ex = Explainer("model.onnx", method="gradient")
     >>> result = ex.explain(x)          # x: float32 [B, C, H, W]
     >>> result.saliency.shape           # (B, H, W)
+
+    `device`: "cpu" (default), "cuda" (ONNX Runtime's CUDA provider records the forward,
+    the backward runs in CuPy with the fused kernels of `kernels/`; one clear
+    `RuntimeUnavailableError` when that is not possible) or "auto" (cuda when usable,
+    else the CPU, with one `GpuFallbackWarning`).
     """
 
     def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
                  output: str | None = None, threads: int | None = None, backend: str = "auto",
-                 **options):
+                 device: str = "cpu", **options):
         if backend not in BACKENDS:
             raise MethodError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.method = get_method(method)
         self.options = self.method.resolve_options(options)
+        self.device = resolve_device(device)  # "cuda" without a usable GPU fails here
+        if self.device.name == "cuda":
+            if backend == "compiled":
+                raise MethodError("backend='compiled' runs on the CPU provider; with "
+                                  "device='cuda' use backend='auto' (the CuPy engine)")
+            if providers is not None:
+                raise MethodError("providers= applies to device='cpu' only; device='cuda' "
+                                  "chooses the CUDA provider itself")
+            backend = "numpy"  # the engine, with CuPy as its array namespace
         self.graph = build_graph(model, output=output)
-        self.recorder = ForwardRecorder(self.graph, providers)
-        self.ops = NumpyOps()
+        if self.device.name == "cuda":
+            self.recorder = self.device.recorder(self.graph)
+            self.ops = self.device.ops()
+        else:
+            self.recorder = ForwardRecorder(self.graph, providers)
+            self.ops = NumpyOps()
         self.backend = backend
         # threads of the NumPy backward (batch slices) and of the compiled session
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
@@ -81,6 +100,7 @@ class Explainer:
             sub.method = get_method(method)
             sub.options = sub.method.resolve_options(options)
             sub.graph, sub.recorder, sub.ops = self.graph, self.recorder, self.ops
+            sub.device = self.device
             sub.backend = self.backend
             if sub.method.reference is not None and self.backend == "compiled":
                 sub.backend = "numpy"
@@ -215,6 +235,7 @@ class Explainer:
         seed = np.asarray(seed, dtype=logits.dtype)
         if seed.shape != logits.shape:
             raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
+        seed = self.ops.asarray(seed, dtype=logits.dtype)
         return self.ops.to_numpy(self._backward(program, values, shapes, seed))
 
     def _record(self, x, layer, taps: Sequence[str] = ()):
@@ -230,8 +251,10 @@ class Explainer:
         return program, logits, values, shapes
 
     def _backward(self, program, values, shapes, seed, tapped: dict | None = None):
+        # on the GPU one stream does the whole batch; on the CPU, batch slices in threads
+        workers = 1 if self.device.name == "cuda" else self.threads
         return run_program_rows(program, self.ops, values, shapes, seed, self._consts,
-                                self.threads, tapped)
+                                workers, tapped)
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops

@@ -45,9 +45,11 @@ def meta_explain(explainer, x, target, layer, method: str, options: dict, lr: fl
     for row, cls in enumerate(targets):
         grads = weight_gradients(explainer, x[row:row + 1], int(cls))
         model = updated_model(explainer.graph.model, grads, lr)
+        on_gpu = explainer.device.name == "cuda"
         stepped = Explainer(model, method=method, output=explainer.graph.logits_name,
-                            providers=explainer.recorder.providers, backend="numpy",
-                            threads=explainer.threads, **options)
+                            providers=None if on_gpu else explainer.recorder.providers,
+                            backend="numpy", threads=explainer.threads,
+                            device=explainer.device.name, **options)
         rows.append(stepped.explain(x[row:row + 1], int(cls), layer))
     signals = [r.signal for r in rows]
     return Explanation(

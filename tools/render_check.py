@@ -5,8 +5,12 @@
 A copy of the page with a small script is written next to it (removed afterwards); after
 the page's load event the script records, per <img>, whether it decoded (`complete` and a
 non-zero `naturalWidth`). Chromium's `--dump-dom` prints the result. Exit status 0: every
-picture loaded; 1: some did not; 3: no Chromium found (chromium, chromium-browser,
-chromium-headless-shell, google-chrome), e.g. `apt-get install chromium-headless-shell`.
+picture loaded; 1: some did not (or the page has none); 2: the check itself failed (Chromium
+crashed, timed out or the page never reported); 3: no Chromium found (chromium,
+chromium-browser, chromium-headless-shell, google-chrome), e.g. `apt-get install chromium`.
+
+Chromium runs offline-safe (no background networking, component updates, sync or QUIC), with
+no sandbox (it runs as root in containers) and a fresh throw-away profile.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-quic", "--no-first-run", "--no-default-browser-check",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--mute-audio",
+         "--allow-file-access-from-files", "--virtual-time-budget=5000")
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 _PROBE = """<script>
 window.addEventListener("load", function () {
@@ -27,7 +36,9 @@ window.addEventListener("load", function () {
   var out = document.createElement("pre");
   out.id = "tsgb-render-check";
   out.textContent = "TSGB_IMAGES " + imgs.length + " LOADED " + (imgs.length - bad.length) +
-    " BROKEN " + bad.map(function (im) { return im.getAttribute("src").slice(0, 80); }).join("|");
+    " BROKEN " + bad.map(function (im) {
+      return (im.getAttribute("src") || "(no src)").slice(0, 80).replace(/[|<]/g, "_");
+    }).join("|");
   document.body.appendChild(out);
 });
 </script>"""
@@ -42,9 +53,10 @@ def check(index: Path, browser: str, screenshot: Path | None = None,
     """(images, loaded, broken srcs) of the page as Chromium renders it."""
     text = index.read_text(encoding="utf-8")
     probe = index.with_name(f".render_check_{index.stem}.html")
-    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-    flags = ["--headless", "--disable-gpu", "--no-sandbox", "--allow-file-access-from-files",
-             "--virtual-time-budget=5000"]
+    probed = (text.replace("</body>", _PROBE + "</body>") if "</body>" in text
+              else text + _PROBE)  # the end tag is optional in HTML
+    probe.write_text(probed, encoding="utf-8")
+    flags = list(FLAGS)
     try:
         with tempfile.TemporaryDirectory(prefix="tsgb_chromium_") as profile:
             flags.append(f"--user-data-dir={profile}")
@@ -58,8 +70,10 @@ def check(index: Path, browser: str, screenshot: Path | None = None,
         probe.unlink(missing_ok=True)
     found = re.search(r"TSGB_IMAGES (\d+) LOADED (\d+) BROKEN ([^<]*)", proc.stdout)
     if not found:
-        raise RuntimeError(f"the page did not report its images; Chromium said: "
-                           f"{(proc.stderr or proc.stdout).strip()[-400:]}")
+        said = [line for line in (proc.stderr + proc.stdout).splitlines()
+                if line.strip() and "dbus" not in line.lower()]  # headless dbus noise
+        raise RuntimeError(f"the page did not report its images (Chromium exit "
+                           f"{proc.returncode}): {' / '.join(said[-5:])[-600:] or 'no output'}")
     broken = [s for s in found.group(3).strip().split("|") if s]
     return int(found.group(1)), int(found.group(2)), broken
 
@@ -73,7 +87,15 @@ def main(argv=None) -> int:
     if browser is None:
         print("render_check: no Chromium found; skipped", file=sys.stderr)
         return 3
-    total, loaded, broken = check(args.index, browser, args.screenshot)
+    try:
+        total, loaded, broken = check(args.index, browser, args.screenshot)
+    except subprocess.TimeoutExpired as e:
+        print(f"render_check: {Path(browser).name} timed out after {e.timeout:.0f} s",
+              file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as e:
+        print(f"render_check: {e}", file=sys.stderr)
+        return 2
     print(f"{args.index}: {loaded}/{total} images loaded in {Path(browser).name}"
           + (f"; broken: {', '.join(broken)}" if broken else ""))
     return 0 if total and loaded == total else 1

@@ -43,12 +43,15 @@ def _explain_rows(base, copies, targets, layer, chunk):
 
 def smoothgrad_noise(x: np.ndarray, n: int, sigma: float, seed: int) -> np.ndarray:
     """The `n` noisy copies of every row of `x` ([B*n, ...], row b's copies contiguous):
-    Gaussian noise with std `sigma` times the row's value range."""
+    Gaussian noise with std `sigma` times the row's value range. The `n` noise draws
+    (``default_rng(seed).standard_normal([n, ...])``) are the same for every row, so a row's
+    copies, and its map, do not depend on the rest of the batch."""
     rng = np.random.default_rng(seed)
     flat = x.reshape(x.shape[0], -1)
     spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
     copies = np.repeat(x, n, axis=0)
-    noise = rng.standard_normal(copies.shape).astype(np.float32)
+    noise = rng.standard_normal((n,) + x.shape[1:]).astype(np.float32)
+    noise = np.tile(noise, (x.shape[0],) + (1,) * (x.ndim - 1))
     return (copies + noise * np.repeat(spread * np.float32(sigma), n, axis=0)).astype(np.float32)
 
 

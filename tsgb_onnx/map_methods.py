@@ -180,8 +180,9 @@ def _fullgrad(explainer, x, target, layer, options):
         out = node.outputs[0]
         g = channels_first(graph, out, taken[out][1])
         bias = _bias_of(node).reshape((1, -1) + (1,) * (g.ndim - 2))
-        term = normalise_rows(g * bias)
-        saliency += resize_linear(term, size, align_corners=True).sum(1)
+        # upsampling is linear: sum the channels first (C times less to resize)
+        term = normalise_rows(g * bias).sum(1)
+        saliency += resize_linear(term, size, align_corners=True)
     return Explanation(saliency=saliency.astype(np.float32), signal=grad_x, logits=logits,
                        target=targets, layer=graph.input_name, method="fullgrad")
 

@@ -73,6 +73,7 @@ def test_good_model_passes(configs):
     assert report["passed"] and all(c["passed"] for c in report["checks"])
     page = (configs / "out" / "report.html").read_text()
     assert "PASSED" in page and page.count("data:image/png;base64,") == 4
+    assert "<table class=results>" in page and "<td>tsgb</td>" in page  # a real table
 
 
 def test_randomized_model_fails(configs, tmp_path):

@@ -100,31 +100,55 @@ class Evaluation:
                         for r in self.results},
         }
 
-    def markdown(self, title: str | None = None) -> str:
+    def table(self) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]], list[str]]:
+        """(column headers, [(method, [(cell text, is best)])], one line per failed method)."""
         cols = [c for c in COLUMNS if any(c[0] in r.values for r in self.results)]
-        lines = [f"### {title}", ""] if title else []
-        lines.append("| method | " + " | ".join(h for _, h, _ in cols) + " |")
-        lines.append("|---|" + "---:|" * len(cols))
         best = {}
         for key, _, better in cols:
             vals = [r.values[key] for r in self.results if key in r.values and _finite(r.values[key])]
             if vals:
                 best[key] = max(vals) if better == "higher" else min(vals)
+        rows = []
         for r in self.results:
             if r.error:
-                lines.append(f"| {r.method} | " + " | ".join(["—"] * len(cols)) + " |")
+                rows.append((r.method, [("—", False)] * len(cols)))
                 continue
             cells = []
             for key, _, _ in cols:
                 v = r.values.get(key)
                 text = "n/a" if v is None else f"{v:.1f}" if key == "images_per_s" else _fmt(v)
-                cells.append(f"**{text}**" if v is not None and best.get(key) == v and len(self.results) > 1 else text)
-            lines.append(f"| {r.method} | " + " | ".join(cells) + " |")
-        errors = [r for r in self.results if r.error]
+                cells.append((text, v is not None and best.get(key) == v and len(self.results) > 1))
+            rows.append((r.method, cells))
+        errors = [f"{r.method}: could not run — {r.error}" for r in self.results if r.error]
+        return [h for _, h, _ in cols], rows, errors
+
+    def markdown(self, title: str | None = None) -> str:
+        headers, rows, errors = self.table()
+        lines = [f"### {title}", ""] if title else []
+        lines.append("| method | " + " | ".join(headers) + " |")
+        lines.append("|---|" + "---:|" * len(headers))
+        for method, cells in rows:
+            lines.append(f"| {method} | "
+                         + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |")
         if errors:
             lines.append("")
-            lines += [f"* {r.method}: could not run — {r.error}" for r in errors]
+            lines += [f"* {e}" for e in errors]
         return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        """The same table as HTML (best values bold)."""
+        from html import escape
+
+        headers, rows, errors = self.table()
+        out = ["<table class=results><tr><th>method</th>"
+               + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
+        for method, cells in rows:
+            out.append(f"<tr><td>{escape(method)}</td>" + "".join(
+                f"<td class=num>{'<b>' if bold else ''}{escape(t)}{'</b>' if bold else ''}</td>"
+                for t, bold in cells) + "</tr>")
+        out.append("</table>")
+        out += [f"<p class=fail>{escape(e)}</p>" for e in errors]
+        return "".join(out)
 
 
 def _finite(v) -> bool:

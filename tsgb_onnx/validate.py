@@ -252,13 +252,15 @@ def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> No
         for c in report.checks)
     parts = ["<!doctype html><meta charset=utf-8><title>tsgb validate</title><style>",
              "body{font-family:sans-serif}td,th{padding:2px 8px}.fail{color:#b00}"
-             ".pass{color:#070}figure{display:inline-block;margin:4px}figcaption{font-size:12px}",
+             ".pass{color:#070}figure{display:inline-block;margin:4px}figcaption{font-size:12px}"
+             ".results{border-collapse:collapse}.results td,.results th{border-bottom:1px solid #ccc}"
+             ".num{text-align:right}",
              "</style>",
              f"<h1>tsgb validate: {'PASSED' if report.passed else 'FAILED'}</h1>",
              f"<p>model {html.escape(ev.model)}, data {html.escape(ev.data)}, "
              f"{ev.images} images, {len(s.target)} explained objects</p>",
              "<table><tr><th>check</th><th>result</th><th>detail</th></tr>", rows, "</table>",
-             "<h2>Results</h2><pre>", html.escape(ev.markdown()), "</pre>"]
+             "<h2>Results</h2>", ev.html()]
     for result in ev.results:
         if result.maps is None:
             continue

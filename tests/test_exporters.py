@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from tsgb_onnx import Explainer, InputError, TsgbError
+from tsgb_onnx import Explainer, InputError, TsgbError, available_methods
 from tsgb_onnx.export import attach_metadata, from_jax, from_keras, from_paddle, read_metadata
 from tsgb_onnx.preprocess import Preprocessing
 
@@ -155,18 +155,43 @@ def test_keras_logits_match_torch(keras_model, torch_model, image_batch):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("method", ["tsgb", "gradient"])
+# options that keep every method cheap on the 32x32 twin (SmoothGrad without noise: its noise
+# is drawn in the input's layout, so NCHW and NHWC copies would differ)
+TWIN_OPTIONS = {"groupcam": {"groups": 4}, "smoothgrad": {"n": 2, "sigma": 0.0},
+                "integrated_gradients": {"steps": 4}}
+
+
+@pytest.mark.parametrize("method", available_methods())
 def test_same_map_through_torch_and_keras(keras_model, torch_model, image_batch, method):
+    """Every method gives the same map for the PyTorch export and its NHWC Keras twin
+    (map methods included: their default feature map must be found behind Keras's
+    channels-last Transpose)."""
     _, keras_proto = keras_model
     _, torch_proto = torch_model
-    targets = [1, 3]
-    ref = Explainer(torch_proto, method=method).explain(image_batch, target=targets).saliency
-    got = Explainer(keras_proto, method=method).explain(
+    targets = [2, 4]  # classes for which every method's map is non-zero on these images
+    options = TWIN_OPTIONS.get(method, {})
+    ref = Explainer(torch_proto, method=method, **options).explain(
+        image_batch, target=targets).saliency
+    got = Explainer(keras_proto, method=method, **options).explain(
         image_batch.transpose(0, 2, 3, 1), target=targets).saliency
     assert got.shape == ref.shape == (2, SIZE, SIZE)  # the image's geometry, channels summed
     top = np.abs(ref).max()
     assert top > 0
     assert np.abs(got - ref).max() <= 1e-4 * top
+
+
+def test_channels_last_feature_map_as_gradcam_layer(keras_model, torch_model, image_batch):
+    """A channels-last tensor given as the layer (the Transpose before Keras's Flatten) is
+    read with its channels last: the same Grad-CAM as the PyTorch twin's feature map."""
+    _, keras_proto = keras_model
+    _, torch_proto = torch_model
+    keras_ex = Explainer(keras_proto, method="gradcam")
+    nhwc = next(n.outputs[0] for n in keras_ex.graph.nodes if n.op_type == "Transpose"
+                and n.inputs[0] != keras_ex.graph.input_name)
+    assert keras_ex.graph.channel_axis(nhwc) == -1
+    ref = Explainer(torch_proto, method="gradcam").explain(image_batch, target=[0, 2]).saliency
+    got = keras_ex.explain(image_batch.transpose(0, 2, 3, 1), target=[0, 2], layer=nhwc).saliency
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_keras_model_through_the_cli(keras_model, torch_model, tmp_path, capsys):

@@ -139,20 +139,26 @@ class Graph:
         return None
 
     def channel_axis(self, tensor: str) -> int:
-        """Channel axis of `tensor`: -1 when every consumer transposes channels-last to
-        channels-first (NHWC inputs of TensorFlow/Keras exports), else 1."""
+        """Channel axis of `tensor`: -1 when it is channels-last (every consumer transposes
+        it to channels-first, as at the NHWC inputs of TensorFlow/Keras exports, or its
+        producer transposed channels-first to channels-last), else 1."""
         shape = self.shapes.get(tensor)
         consumers = self.consumers.get(tensor, [])
         if tensor == self.input_name and shape and len(shape) >= 3:
             declared = self.declared_layout()
             if declared is not None:
                 return -1 if declared == "nhwc" else 1
-        if not shape or len(shape) < 3 or not consumers:
+        if not shape or len(shape) < 3:
             return 1
         rank = len(shape)
+        producer = self.producer.get(tensor)
+        to_last = [0] + list(range(2, rank)) + [1]
+        if producer is not None and producer.op_type == "Transpose" \
+                and list(producer.attr("perm") or []) == to_last:
+            return -1
         to_first = [0, rank - 1] + list(range(1, rank - 1))
-        if all(n.op_type == "Transpose" and list(n.attr("perm") or []) == to_first
-               for n in consumers):
+        if consumers and all(n.op_type == "Transpose" and list(n.attr("perm") or []) == to_first
+                             for n in consumers):
             return -1
         return 1
 

@@ -15,8 +15,8 @@ from .graph import Graph
 from .methods import MapMethod, register_method
 from .program import live_tensors
 
-POOLING_OPS = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool",
-               "MaxPool", "Flatten", "Reshape"}
+# ops that only move or relabel values: a CAM layer is the feature map before them
+LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 
 
 # -- helpers shared by map methods ---------------------------------------------------------
@@ -71,10 +71,13 @@ def _spatial_size(shape) -> int | None:
 
 def default_cam_layer(graph: Graph) -> str:
     """The last spatial tensor (rank >= 3, spatial size > 1) on the path to the logits:
-    the input of the global pooling / flattening that feeds the classifier."""
+    the input of the global pooling / flattening that feeds the classifier (not the output
+    of a layout op such as the channels-last Transpose of a Keras export)."""
     live = live_tensors(graph)
     best = None
     for index, node in enumerate(graph.nodes):
+        if node.op_type in LAYOUT_OPS:
+            continue
         for out in node.outputs:
             shape = graph.shapes.get(out)
             if out not in live or not shape or len(shape) < 3:

@@ -343,3 +343,25 @@ def test_diverging_and_positive_colours():
     assert zero.min() > 230  # white at zero
     trunc = heatmap(sal, colormap="positive").astype(int)
     np.testing.assert_array_equal(trunc[0, 0], trunc[0, 1])  # negatives truncated to zero
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_lists_layers_and_handles_map_methods(capsys):
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data" / "synthetic_resnet.onnx"
+    code, out, err = _run(capsys, "inspect", model, "--method", "gradcam", "--tensors")
+    assert code == 0, err
+    listed = [line[3:].split()[0] for line in out.splitlines() if line[:3] in ("   ", " * ")]
+    starred = [line for line in out.splitlines() if line.startswith(" *")]
+    assert len(starred) == 1 and "Relu" in starred[0] and "16, 16]" in starred[0]
+    assert "logits" in listed and "input" not in listed
+    assert "program: none ('gradcam' is a map method" in out
+    line = _one_error(*_run(capsys, "inspect", model, "--method", "gradcam", "--program")[::2])
+    assert "inspect --method gradient" in line
+    # a listed name is accepted as --layer
+    layer = starred[0].split()[1]
+    code, out, err = _run(capsys, "inspect", model, "--layer", layer)
+    assert code == 0 and "program:" in out, err

@@ -146,14 +146,43 @@ def cmd_inspect(args) -> int:
     without = [o for o in ops if not rules.lookup(o)]
     print(f"ops with a '{method.name}' rule:    {', '.join(with_rule) or '-'}")
     print(f"ops without one (need none if off the backward path): {', '.join(without) or '-'}")
+    options = method.resolve_options(_method_options(args))
+    if args.tensors:
+        _print_tensors(graph)
+    if not method.single_pass:
+        print(f"program: none ('{method.name}' is a map method: it reads signals of the "
+              f"'{method.backward}' rules at the tensors it needs)")
+        if args.program:
+            raise InputError(f"--program: '{method.name}' has no reverse program; inspect "
+                             f"--method {method.backward} shows the backward it reads")
+        return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = plan(graph, method, method.resolve_options(_method_options(args)), args.layer)
+        program = plan(graph, method, options, args.layer)
     print(f"program: {len(program)} steps, records {len(program.record)} tensors "
           f"and {len(program.record_shapes)} shapes")
     if args.program:
         print(program)
     return 0
+
+
+def _print_tensors(graph) -> None:
+    """Every float tensor on the path to the logits (what --layer accepts), with its shape."""
+    from .map_methods import default_cam_layer
+    from .program import live_tensors
+
+    live = live_tensors(graph)
+    try:
+        cam = default_cam_layer(graph)
+    except TsgbError:
+        cam = None
+    print("tensors on the path to the logits (--layer NAME; * = default Grad-CAM layer):")
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out in live:
+                shape = list(graph.shapes.get(out) or [])
+                mark = "*" if out == cam else " "
+                print(f" {mark} {out}  {node.op_type} {shape}")
 
 
 def cmd_convert(args) -> int:
@@ -277,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="ONNX model file")
     method_flags(i)
     i.add_argument("--program", action="store_true", help="print every step")
+    i.add_argument("--tensors", action="store_true",
+                   help="list the tensors --layer accepts, with their shapes")
     i.set_defaults(func=cmd_inspect)
 
     d = sub.add_parser("demo", help="TSGB vs gradient on a real photo with EfficientNet-Lite0")

@@ -123,7 +123,9 @@ TEMPLATE = """{begin}
 `python tools/evaluation_table.py --photos` regenerates this section (metric definitions and
 the benchmark: [evaluation.md](evaluation.md)). Data: `{data}` (held-out scenes, never seen in
 training; the nets: {models}). Methods: {methods}. CPU run ({cpu}, ONNX Runtime CPU, batch 32
-for images/s: wall time, comparable within one table). ↑ higher is better, ↓ lower is better;
+for images/s: wall time on a shared 2-core VM; on these 64×64 nets one method's images/s has
+moved by up to 3× between two runs, so read it as an order of magnitude). ↑ higher is better,
+↓ lower is better;
 bold: best. Deletion/insertion use the softmax score of the target over the five classes.
 
 {tables}

@@ -250,3 +250,43 @@ def test_eq6_on_normalisations(op):
     np.testing.assert_allclose(at_x.signal, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     assert [s.rule.label for s in explainer.program().steps if s.node.op_type == op] == \
         ["tsgb.tsgb_normalization"]
+
+
+@pytest.mark.parametrize("groups,m,n", [(1, 6, 4), (2, 6, 4), (6, 6, 6)],
+                         ids=["dense", "grouped", "depthwise"])
+def test_conv_step_shortcuts_equal_the_plain_formula(groups, m, n):
+    """TSGB-Conv on a Relu output: |X| = X, and leaving sgn(X) to the Relu's mask gives the
+    same signal at the Relu's input (and the shortcut alone does differ where X = 0)."""
+    from tsgb_onnx.backends import NumpyOps
+    from tsgb_onnx.geometry import Window
+    from tsgb_onnx.rules.tsgb import tsgb_conv_step
+
+    ops = NumpyOps()
+    rng = np.random.default_rng(7)
+    pre = rng.standard_normal((2, m, 9, 8)).astype(np.float32)
+    x = np.maximum(pre, 0)  # the Relu output the conv reads
+    win = Window((3, 3), (2, 1), (1, 2), (1, 2, 0, 1))
+    y = rng.standard_normal((2, n, 5, 6)).astype(np.float32)
+    g = rng.standard_normal((2, n, 5, 6)).astype(np.float32)
+    plain = tsgb_conv_step(ops, x, y, g, win, groups)
+    fast = tsgb_conv_step(ops, x, y, g, win, groups, nonnegative_x=True, sign_from_producer=True)
+    assert fast.shape == plain.shape
+    mask = pre > 0
+    np.testing.assert_allclose(fast * mask, plain * mask, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(plain[~mask], 0)
+    assert np.abs(fast[~mask]).max() > 0  # without the mask the two differ
+
+
+def test_rectified_and_nonnegative_inputs_are_found(onnx_zoo):
+    """The shortcut conditions hold where they should on real exports (so the reference
+    tests above run through them): Relu/ReLU6 outputs, and pools of them."""
+    from tsgb_onnx.rules.tsgb import nonnegative, rectified_by
+
+    for name, expect_pool in (("vgg16_style", True), ("mobilenetv2_style", False)):
+        graph = Explainer(onnx_zoo.get(name, False)[1], method="tsgb").graph
+        conv_inputs = [n.inputs[0] for n in graph.nodes if n.op_type == "Conv"]
+        assert not rectified_by(graph, graph.input_name)
+        assert not nonnegative(graph, graph.input_name)
+        assert sum(rectified_by(graph, t) for t in conv_inputs) >= 2
+        pooled = [t for t in conv_inputs if nonnegative(graph, t) and not rectified_by(graph, t)]
+        assert bool(pooled) == expect_pool, name

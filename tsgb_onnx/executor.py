@@ -48,6 +48,11 @@ class StepView:
         """Output `i` in the reference forward pass."""
         return self._tensor(REFERENCE + self._node.outputs[i])
 
+    def exposed(self, i: int) -> bool:
+        """Whether the signal of input `i` is read by the caller (the program's layer or a
+        tap), so it must be exactly the rule's signal, not only equivalent upstream."""
+        return i < len(self._node.inputs) and self._node.inputs[i] in self._step.exposed
+
     def tensor(self, name: str):
         """A forward tensor the rule declared with `"@name"` in its reads."""
         return self._tensor(name)

@@ -50,6 +50,44 @@ def relu_after(node) -> str | None:
     return None
 
 
+# ops whose output is non-negative when their (data) inputs are
+_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat",
+               "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+               "Split", "Dropout"}
+
+
+def rectified_by(graph, tensor: str) -> bool:
+    """Whether `tensor` is the output of a Relu, or of a Clip whose lower bound is >= 0.
+
+    For such an X, sgn(X) equals the producer's own gradient mask wherever that mask is 1,
+    and the mask zeroes every other position; so a signal sgn(X) * S and the signal S give
+    the same signal at the producer's input."""
+    node = graph.producer.get(tensor)
+    if node is None or node.outputs[0] != tensor:
+        return False
+    if node.op_type == "Relu":
+        return True
+    if node.op_type == "Clip":
+        from .gradient import _clip_bounds
+
+        lo, _ = _clip_bounds(node)
+        return lo is not None and float(lo) >= 0
+    return False
+
+
+def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
+    """Whether `tensor` is >= 0 for every input, from the ops that produce it (a Relu or
+    non-negative Clip, seen through pools, concatenations and reshapes)."""
+    if rectified_by(graph, tensor):
+        return True
+    node = graph.producer.get(tensor)
+    if node is None or node.op_type not in _KEEPS_SIGN or _depth > 64:
+        return False
+    data = [t for i, t in enumerate(node.inputs)
+            if t and (node.op_type == "Concat" or i == 0)]
+    return bool(data) and all(nonnegative(graph, t, _depth + 1) for t in data)
+
+
 def _tsgb_conv_reads(node):
     after = relu_after(node)
     return ("x0", "y0") if after is None else ("x0", "@" + after)
@@ -69,21 +107,35 @@ def tsgb_conv(ops, node, fwd, grads, opts):
     if fused is not None:
         gx = fused(x, y, g, win, groups)
     else:
-        gx = tsgb_conv_step(ops, x, y, g, win, groups)
+        graph, source = node.graph, node.inputs[0]
+        gx = tsgb_conv_step(ops, x, y, g, win, groups,
+                            nonnegative_x=nonnegative(graph, source),
+                            sign_from_producer=rectified_by(graph, source) and not fwd.exposed(0))
     return [gx] + [None] * (len(node.inputs) - 1)
 
 
-def tsgb_conv_step(ops, x, y, g, win, groups: int):
-    """Eq. 5 per group from primitives (a backend may provide a fused `tsgb_conv_step`)."""
+def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
+                   sign_from_producer: bool = False):
+    """Eq. 5 per group from primitives (a backend may provide a fused `tsgb_conv_step`).
+
+    Shortcuts that give the same map (tested against the plain formula):
+    `nonnegative_x`: |X| = X (X comes from a Relu, a non-negative Clip, or pools of them);
+    `sign_from_producer`: X is a Relu / non-negative Clip output whose signal the caller
+    does not read, so sgn(X) is left to that op's gradient mask (see `rectified_by`).
+    """
     x_shape, y_shape = ops.shape(x), ops.shape(y)
     b, m, spatial = x_shape[0], x_shape[1], x_shape[2:]
     n, out = y_shape[1], y_shape[2:]
     relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
-    mass = _group_sum(ops, ops.abs(x), b, groups, m // groups, spatial)
+    mass = _group_sum(ops, x if nonnegative_x else ops.abs(x), b, groups, m // groups, spatial)
     ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out), nonnegative=True)
     spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
-    signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
     spread = ops.reshape(spread, (b, groups, 1) + spatial)
+    if sign_from_producer:
+        if m // groups == 1:  # depthwise: one input channel per group, a reshape
+            return ops.reshape(spread, x_shape)
+        return ops.reshape(ops.expand_to(spread, (b, groups, m // groups) + spatial), x_shape)
+    signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
     return ops.reshape(ops.mul(signs, spread), x_shape)
 
 

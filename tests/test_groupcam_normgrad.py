@@ -281,20 +281,11 @@ def test_weight_gradients_match_autograd(onnx_zoo):
     assert matched == len(params)  # every conv and linear weight and bias
 
 
-@pytest.mark.parametrize("name", ["resnet50_style", "mobilenetv2_style"])
-def test_weight_gradients_match_finite_differences(onnx_zoo, name):
-    """Grouped, strided and 1x1 convs, Gemm, biases: central differences of the target logit
-    through ONNX Runtime, at the largest entries of several weight tensors."""
+def _moved_logit(proto, inits, feed, cls):
+    """logit(tensor, index, delta): the class-`cls` logit after moving one initializer value."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
-
-    from tsgb_onnx.weight_grads import weight_gradients
-
-    _, proto = onnx_zoo.get(name, True)
-    x = onnx_zoo.example(name, 1, 6).numpy()
-    grads = weight_gradients(Explainer(proto, method="gradient"), x, 3)
-    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
 
     def logit(tensor, index, delta):
         moved = onnx.ModelProto()
@@ -305,7 +296,24 @@ def test_weight_gradients_match_finite_differences(onnx_zoo, name):
                 value[index] += delta
                 init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor))
         s = ort.InferenceSession(moved.SerializeToString(), providers=["CPUExecutionProvider"])
-        return float(s.run(None, {s.get_inputs()[0].name: x})[0][0, 3])
+        return float(s.run(None, {s.get_inputs()[0].name: feed})[0][0, cls])
+    return logit
+
+
+@pytest.mark.parametrize("name", ["resnet50_style", "mobilenetv2_style"])
+def test_weight_gradients_match_finite_differences(onnx_zoo, name):
+    """Grouped, strided and 1x1 convs, Gemm, biases: central differences of the target logit
+    through ONNX Runtime, at the largest entries of several weight tensors."""
+    from onnx import numpy_helper
+
+    from tsgb_onnx.weight_grads import weight_gradients
+
+    _, proto = onnx_zoo.get(name, True)
+    x = onnx_zoo.example(name, 1, 6).numpy()
+    grads = weight_gradients(Explainer(proto, method="gradient"), x, 3)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+
+    logit = _moved_logit(proto, inits, x, 3)
 
     checked = [k for k in grads if grads[k].ndim >= 2][:2] + [k for k in grads if grads[k].ndim >= 2][-2:]
     checked += [k for k in grads if grads[k].ndim == 1][:1]
@@ -318,8 +326,6 @@ def test_weight_gradients_match_finite_differences(onnx_zoo, name):
 
 def test_weight_gradients_of_batch_normalization_match_finite_differences():
     """An unfolded BatchNormalization (scale, bias) between a Conv and a Gemm, built by hand."""
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from tsgb_onnx.weight_grads import weight_gradients
@@ -348,16 +354,7 @@ def test_weight_gradients_of_batch_normalization_match_finite_differences():
     grads = weight_gradients(Explainer(proto, method="gradient"), x, 2)
     assert set(grads) == {"w", "scale", "shift", "fc"}
 
-    def logit(tensor, index, delta):
-        moved = onnx.ModelProto()
-        moved.CopyFrom(proto)
-        for init in moved.graph.initializer:
-            if init.name == tensor:
-                value = inits[tensor].astype(np.float64)
-                value[index] += delta
-                init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor))
-        s = ort.InferenceSession(moved.SerializeToString(), providers=["CPUExecutionProvider"])
-        return float(s.run(None, {"x": x})[0][0, 2])
+    logit = _moved_logit(proto, inits, x, 2)
 
     for tensor in ("scale", "shift", "w"):
         for index in np.ndindex(*grads[tensor].shape[:1]):

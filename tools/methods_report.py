@@ -18,13 +18,13 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from bench import median_time  # noqa: E402
 from tsgb_onnx import Explainer, available_methods  # noqa: E402
 from tsgb_onnx.demo import (CAT, ESPRESSO, LITE0_PREP, fit_image, half_shares,  # noqa: E402
                             lite0_onnx, photo, to_tensor, two_photo_input)
@@ -98,22 +98,12 @@ def class_sensitivity(methods, figure: str | None, columns: int = 2, height: int
         print(f"\nwrote {figure}")
 
 
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def speed(methods, batch: int, repeats: int) -> None:
     model = lite0_onnx()
     images = [fit_image(photo(name), LITE0_PREP) for name in ("chelsea", "coffee")]
     x = np.concatenate([to_tensor(images[i % 2], LITE0_PREP) for i in range(batch)])
     base = Explainer(model, method="gradient")
-    infer = _median(lambda: base.infer(x), repeats)
+    infer = median_time(lambda: base.infer(x), repeats)
     print(f"\nEfficientNet-Lite0 224x224, batch {batch}, {os.cpu_count()} CPU cores "
           f"({platform.processor() or platform.machine()}); inference {batch / infer:.1f} images/s\n")
     print("| method | images/s | time / inference |")
@@ -122,7 +112,7 @@ def speed(methods, batch: int, repeats: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ex = Explainer(model, method=method, **OPTIONS.get(method, {}))
-            t = _median(lambda: ex.explain(x), repeats)
+            t = median_time(lambda: ex.explain(x), repeats)
         print(f"| {method} | {batch / t:.1f} | {t / infer:.1f}x |", flush=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MethodError
-from .map_methods import channels_first, default_cam_layer, input_spatial, resize_linear
+from .map_methods import channels_first, default_cam_layer, resize_linear
 from .methods import MapMethod, register_method
 
 

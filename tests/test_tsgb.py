@@ -270,6 +270,17 @@ def test_conv_step_shortcuts_equal_the_plain_formula(groups, m, n):
     g = rng.standard_normal((2, n, 5, 6)).astype(np.float32)
     plain = tsgb_conv_step(ops, x, y, g, win, groups)
     fast = tsgb_conv_step(ops, x, y, g, win, groups, nonnegative_x=True, sign_from_producer=True)
+    if groups == 1:  # one plane per row, broadcast over the channels by its reader
+        assert fast.shape == (2, 1, 9, 8)
+        fast = np.broadcast_to(fast, plain.shape)
+        # a conv step that receives such a plane as G[Y] equals one that receives it expanded
+        plane = rng.standard_normal((2, 1, 9, 8)).astype(np.float32)
+        below = np.maximum(rng.standard_normal((2, 3, 11, 10)), 0).astype(np.float32)
+        win1 = Window((3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
+        np.testing.assert_allclose(
+            tsgb_conv_step(ops, below, x, plane, win1, 1),
+            tsgb_conv_step(ops, below, x, np.broadcast_to(plane, x.shape).copy(), win1, 1),
+            rtol=1e-5, atol=1e-7)
     assert fast.shape == plain.shape
     mask = pre > 0
     np.testing.assert_allclose(fast * mask, plain * mask, rtol=1e-6, atol=0)

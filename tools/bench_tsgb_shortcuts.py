@@ -4,8 +4,8 @@
                                          [--batch 8] [--repeats 7]
 
 Compiles the `tsgb` explainer of each net twice: as shipped, and with the shortcuts off
-(`rules.tsgb.rectified_by` / `nonnegative` answering False, i.e. |X| and sgn(X) computed for
-every Conv input). Plain inference and both explainers run interleaved, so machine drift
+(`rules.tsgb.rectified_by`, `nonnegative` and `_feeds_tsgb_conv_only` answering False: |X|
+and sgn(X) computed for every Conv input, full-size signals, every Relu masks). Plain inference and both explainers run interleaved, so machine drift
 hits all three alike; prints medians, ratios to inference and the largest map difference.
 """
 
@@ -52,12 +52,13 @@ def main() -> None:
     for name in args.nets.split(","):
         path = export(name, folder)
         shipped = _session(convert(path, method="tsgb"))
-        keep = (rules.rectified_by, rules.nonnegative)
+        keep = (rules.rectified_by, rules.nonnegative, rules._feeds_tsgb_conv_only)
         rules.rectified_by = rules.nonnegative = lambda graph, tensor, *rest: False
+        rules._feeds_tsgb_conv_only = lambda node: False
         try:
             plain_rules = _session(convert(path, method="tsgb"))
         finally:
-            rules.rectified_by, rules.nonnegative = keep
+            rules.rectified_by, rules.nonnegative, rules._feeds_tsgb_conv_only = keep
         plain = _session(onnx.load(path))
         feed = {plain.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
             (args.batch, 3, 224, 224)).astype(np.float32)}

@@ -88,6 +88,25 @@ def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
     return bool(data) and all(nonnegative(graph, t, _depth + 1) for t in data)
 
 
+def _feeds_tsgb_conv_only(node) -> bool:
+    """Whether this Relu's input is the output of a Conv whose only consumer it is (so that
+    Conv's TSGB rule reads this Relu's output: `relu_after`)."""
+    producer = node.graph.producer.get(node.inputs[0])
+    return (producer is not None and producer.op_type == "Conv"
+            and relu_after(producer) == node.outputs[0])
+
+
+@register("Relu", reads=("y0",))
+def tsgb_relu(ops, node, fwd, grads, opts):
+    """Exact gradient; but where the only reader of the signal is TSGB-Conv's Σ relu(Y)·G
+    (and the caller does not read it), the mask is redundant: relu(Y) is 0 wherever the
+    mask is, so the signal passes through unmasked (and may stay broadcast over channels)."""
+    g = grads[0]
+    if g is not None and _feeds_tsgb_conv_only(node) and not fwd.exposed(0):
+        return [g]
+    return [ops.mask(g, ops.greater(fwd.y(0), 0))]
+
+
 def _tsgb_conv_reads(node):
     after = relu_after(node)
     return ("x0", "y0") if after is None else ("x0", "@" + after)
@@ -121,12 +140,18 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
     Shortcuts that give the same map (tested against the plain formula):
     `nonnegative_x`: |X| = X (X comes from a Relu, a non-negative Clip, or pools of them);
     `sign_from_producer`: X is a Relu / non-negative Clip output whose signal the caller
-    does not read, so sgn(X) is left to that op's gradient mask (see `rectified_by`).
+    does not read, so sgn(X) is left to that op's gradient mask (see `rectified_by`); with
+    groups = 1 the signal is then returned as one plane per row, [B, 1, *spatial], which
+    the element-wise rules that receive it broadcast.
     """
     x_shape, y_shape = ops.shape(x), ops.shape(y)
     b, m, spatial = x_shape[0], x_shape[1], x_shape[2:]
     n, out = y_shape[1], y_shape[2:]
-    relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
+    if ops.shape(g)[1] == 1 and n > 1 and groups == 1:  # a signal that is one plane per row
+        relevance = ops.mul(ops.sum(y, axis=1), ops.reshape(g, (b,) + tuple(out)))
+        relevance = ops.reshape(relevance, (b, 1) + tuple(out))
+    else:
+        relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
     mass = _group_sum(ops, x if nonnegative_x else ops.abs(x), b, groups, m // groups, spatial)
     ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out), nonnegative=True)
     spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
@@ -134,6 +159,8 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
     if sign_from_producer:
         if m // groups == 1:  # depthwise: one input channel per group, a reshape
             return ops.reshape(spread, x_shape)
+        if groups == 1:  # one plane per row, broadcast over the channels by whoever reads it
+            return ops.reshape(spread, (b, 1) + tuple(spatial))
         return ops.reshape(ops.expand_to(spread, (b, groups, m // groups) + spatial), x_shape)
     signs = ops.reshape(ops.sign(x), (b, groups, m // groups) + spatial)
     return ops.reshape(ops.mul(signs, spread), x_shape)

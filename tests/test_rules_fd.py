@@ -150,6 +150,11 @@ CONV = [
         strides=[1, 2, 1], pads=[0, 1, 1, 1, 0, 1]),
     one("conv3d_depthwise_dilated", "Conv", (1, 2, 4, 5, 5), [w(2, 1, 2, 2, 2)], eps32=LIN,
         group=2, dilations=[1, 2, 2]),
+    # strided depthwise: the compiled adjoint spreads the signal onto the stride grid
+    one("conv1d_depthwise_strided", "Conv", (1, 2, 11), [w(2, 1, 3)], eps32=LIN,
+        group=2, strides=[3], pads=[2, 1]),
+    one("conv3d_depthwise_strided", "Conv", (1, 2, 5, 5, 4), [w(4, 1, 2, 3, 2)], eps32=LIN,
+        group=2, strides=[2, 2, 3], dilations=[1, 1, 2], pads=[1, 0, 1, 0, 1, 1]),
 ]
 
 MAXPOOL = [

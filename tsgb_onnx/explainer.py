@@ -8,14 +8,12 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .backends import NumpyOps
 from .errors import InputError, MethodError, ModelError, TargetError
 from .executor import run_program_rows
 from .gpu import resolve_device
 from .graph import ModelLike, build_graph
 from .methods import get_method
 from .program import REFERENCE, Program, plan
-from .record import ForwardRecorder
 
 TargetLike = Union[None, int, Sequence[int], np.ndarray]
 BACKENDS = ("auto", "compiled", "numpy")
@@ -66,12 +64,8 @@ class Explainer:
                                   "chooses the CUDA provider itself")
             backend = "numpy"  # the engine, with CuPy as its array namespace
         self.graph = build_graph(model, output=output)
-        if self.device.name == "cuda":
-            self.recorder = self.device.recorder(self.graph)
-            self.ops = self.device.ops()
-        else:
-            self.recorder = ForwardRecorder(self.graph, providers)
-            self.ops = NumpyOps()
+        self.recorder = self.device.recorder(self.graph, providers)
+        self.ops = self.device.ops()
         self.backend = backend
         # threads of the NumPy backward (batch slices) and of the compiled session
         self.threads = threads if threads is not None else (os.cpu_count() or 1)
@@ -190,12 +184,8 @@ class Explainer:
     # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
     def _compiled_session(self, layer: str | None):
         """The compiled explainer for `layer` (built on first use), or None for the engine."""
-        if self.backend == "numpy":
-            return None
-        if self.method.reference is not None:  # the compiled explainer has no reference pass
-            if self.backend == "compiled":
-                raise MethodError(f"method '{self.method.name}' cannot run compiled: use "
-                                  "backend='auto' or 'numpy'")
+        # a reference method with backend='compiled' was refused in `_init_method`
+        if self.backend == "numpy" or self.method.reference is not None:
             return None
         if layer not in self._compiled:
             self.program(layer)  # a bad layer fails here with the planner's message

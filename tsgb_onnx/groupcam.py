@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MethodError
-from .map_methods import channels_first, default_cam_layer, resize_linear
+from .map_methods import channels_first, chunk_rows, default_cam_layer, resize_linear
 from .methods import MapMethod, register_method
 
 
@@ -85,8 +85,7 @@ def group_masks(activation: np.ndarray, signal: np.ndarray, groups: int, thresho
 
 def _forward_in_chunks(explainer, batch: np.ndarray, chunk: int | None) -> np.ndarray:
     """Logits of `batch`: one forward, or chunks of `chunk` rows (a fixed batch: its size)."""
-    fixed = (explainer.graph.input_shape or (None,))[0]
-    step = fixed if isinstance(fixed, int) and fixed > 0 else (chunk or batch.shape[0])
+    step = chunk_rows(explainer, chunk or batch.shape[0])
     return np.concatenate([explainer.infer(batch[i:i + step])
                            for i in range(0, batch.shape[0], step)])
 

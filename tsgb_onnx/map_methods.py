@@ -94,6 +94,12 @@ def default_cam_layer(graph: Graph) -> str:
     return best
 
 
+def chunk_rows(explainer, batch_size: int) -> int:
+    """Rows per model run: the model's fixed batch size if it has one, else `batch_size`."""
+    fixed = (explainer.graph.input_shape or (None,))[0]
+    return fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+
+
 def normalise_rows(a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """FullGrad's post-processing: |a|, then per row shift to min 0 and scale to max ~1."""
     a = np.abs(a)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backends import NumpyOps
 from .geometry import window_of
 from .program import live_tensors
 
@@ -47,17 +48,6 @@ def _conv_weight_grad(node, x: np.ndarray, g: np.ndarray, w_shape) -> np.ndarray
     return grad.reshape(w_shape)
 
 
-def _sum_to(a: np.ndarray, shape) -> np.ndarray:
-    """Sum a broadcast gradient back to `shape` (numpy broadcasting rules)."""
-    shape = tuple(shape)
-    while a.ndim > len(shape):
-        a = a.sum(axis=0)
-    for axis, size in enumerate(shape):
-        if size == 1 and a.shape[axis] != 1:
-            a = a.sum(axis=axis, keepdims=True)
-    return a
-
-
 def layer_weight_grads(node, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
     """{initializer name: gradient} of one layer from its input `x` and output signal `g`."""
     x = np.asarray(x, dtype=np.float64)
@@ -74,7 +64,7 @@ def layer_weight_grads(node, x: np.ndarray, g: np.ndarray) -> dict[str, np.ndarr
         dw = alpha * a.T @ g
         grads[node.inputs[1]] = dw.T if node.attr("transB", 0) else dw
         if node.has_input(2) and node.is_const(2):
-            grads[node.inputs[2]] = _sum_to(beta * g, node.const(2).shape)
+            grads[node.inputs[2]] = NumpyOps().sum_to_shape(beta * g, node.const(2).shape)
     elif node.op_type == "MatMul":
         x2 = x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x
         g2 = g.reshape(-1, g.shape[-1]) if g.ndim > 2 else g

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MethodError
+from .map_methods import chunk_rows
 from .methods import MapMethod, get_method, register_method
 
 _OWN = {"smoothgrad": ("base", "n", "sigma", "seed", "batch_size"),
@@ -23,11 +24,6 @@ def _base_explainer(explainer, options, name):
         raise MethodError(f"{name}: base must be a method other than the wrappers, got '{base}'")
     rest = {k: v for k, v in options.items() if k not in _OWN[name]}
     return explainer.sub_explainer(base, **rest)
-
-
-def _chunk_rows(explainer, batch_size: int) -> int:
-    fixed = (explainer.graph.input_shape or (None,))[0]
-    return fixed if isinstance(fixed, int) and fixed > 0 else batch_size
 
 
 def _explain_rows(base, copies, targets, layer, chunk):
@@ -69,7 +65,7 @@ def smoothgrad(explainer, x, target=None, layer=None, *, base="gradient", n=25, 
     targets = explainer._targets(target, logits)
     copies = smoothgrad_noise(x, n, sigma, seed)
     maps, signals, layer_name = _explain_rows(sub, copies, np.repeat(targets, n), layer,
-                                              _chunk_rows(explainer, batch_size))
+                                              chunk_rows(explainer, batch_size))
     saliency = maps.reshape((len(x), n) + maps.shape[1:]).mean(axis=1)
     signal = None if signals is None else signals.reshape(
         (len(x), n) + signals.shape[1:]).mean(axis=1)
@@ -99,7 +95,7 @@ def integrated_gradients(explainer, x, target=None, layer=None, *, base="gradien
         (1, steps) + (1,) * (x.ndim - 1))
     path = (x0[:, None] + alphas * (x - x0)[:, None]).reshape((-1,) + x.shape[1:])
     _, signals, _ = _explain_rows(sub, path.astype(np.float32), np.repeat(targets, steps), None,
-                                  _chunk_rows(explainer, batch_size))
+                                  chunk_rows(explainer, batch_size))
     mean_signal = signals.reshape((len(x), steps) + x.shape[1:]).mean(axis=1)
     product = (x - x0) * mean_signal
     axis = graph.channel_axis(graph.input_name)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import MethodError
 from ..geometry import window_of
 from ..methods import Method, register_method
-from .gradient import GRADIENT, avgpool_adjoint
+from .gradient import GRADIENT, _clip_bounds, avgpool_adjoint
 from .registry import RuleSet, opt
 
 TSGB = RuleSet("tsgb", parent=GRADIENT)
@@ -68,8 +68,6 @@ def rectified_by(graph, tensor: str) -> bool:
     if node.op_type == "Relu":
         return True
     if node.op_type == "Clip":
-        from .gradient import _clip_bounds
-
         lo, _ = _clip_bounds(node)
         return lo is not None and float(lo) >= 0
     return False

@@ -29,6 +29,7 @@ import numpy as np
 from . import metrics as M
 from .datasets import Dataset, load_dataset
 from .errors import InputError, TsgbError
+from .progress import Progress
 
 METRICS = ("pointing", "localization", "deletion", "insertion", "class_sensitivity", "sanity")
 # table columns: (key, header, better)
@@ -300,7 +301,7 @@ def _evaluate_method(model, name, opts, dataset, samples, metric_list, st: Setti
     x = to_model(dataset.x[samples.image])
     n = len(x)
     ex.explain(x[:1], target=samples.target[:1])  # warm-up: builds the compiled session
-    bar = M.Progress(f"explain {name}", n, st.progress)
+    bar = Progress(f"explain {name}", n, st.progress)
     start = time.perf_counter()
     maps = []
     for i in range(0, n, st.batch_size):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ from .errors import InputError, TargetError
 from .labels import check_count, label_of, labels_from_metadata, load_labels, parse_targets
 from .preprocess import (PREPROCESS_KEY, Preprocessing, discover, preset_settings, read_input,
                          resolve_preprocessing, settings_from_json)
+from .progress import Progress
 from .render import default_cmap, heatmap, input_picture, save_png, upscale
 
 FORMATS = ("npy", "png", "html")
@@ -53,31 +53,6 @@ class Row:
     maps: list[np.ndarray] = field(default_factory=list)
     logits: np.ndarray | None = None
     layer: str = ""
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, enabled: bool, unit: str = "inputs"):
-        self.total, self.enabled, self.unit = total, enabled, unit
-        self.done = 0
-        self.start = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        sys.stderr.write(f"\rtsgb explain [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{self.done}/{self.total} {self.unit} ({rate:.1f}/s)")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 # -- set-up --------------------------------------------------------------------------------------
@@ -168,8 +143,8 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
     if isinstance(target, list) and len(target) != total:
         raise TargetError(f"got {len(target)} targets for {total} inputs: give one per input "
                           "or one for all")
-    progress = Progress(total, sys.stderr.isatty() if settings.progress is None
-                        else settings.progress)
+    progress = Progress("tsgb explain", total, sys.stderr.isatty() if settings.progress is None
+                        else settings.progress, unit="inputs")
     offset = 0
     try:
         for batch in _batches(files, prep, rank, settings.batch_size):
@@ -190,7 +165,7 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
                           targets=[int(t[i]) for t in targets],
                           maps=[np.asarray(m[i]) for m in maps], logits=np.asarray(logits[i]),
                           layer=first.layer)
-            progress.advance(n)
+            progress.update(n)
     finally:
         progress.close()
 

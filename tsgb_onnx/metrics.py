@@ -8,36 +8,17 @@ All functions work on NumPy arrays; the model is called through `predict(x) -> l
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .progress import Progress
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Box = Sequence[int]
 RANDOMIZED_OPS = ("Conv", "Gemm", "MatMul")
-
-
-# --------------------------------------------------------------------------- progress
-class Progress:
-    """A one-line progress counter on stderr (silent when `enabled` is False)."""
-
-    def __init__(self, label: str, total: int, enabled: bool = False):
-        self.label, self.total, self.enabled = label, max(int(total), 1), enabled
-        self.done, self._last = 0, 0.0
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled and (time.monotonic() - self._last > 0.5 or self.done >= self.total):
-            self._last = time.monotonic()
-            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total}")
-            if self.done >= self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------- ranks

@@ -611,11 +611,9 @@ def test_cupy_kernels_equal_the_composition():
 
 
 @needs_gpu
-def test_explainer_device_cuda_if_wired(onnx_zoo):
+def test_explainer_device_cuda(onnx_zoo):
     from tsgb_onnx import Explainer
 
-    if "device" not in inspect.signature(Explainer).parameters:
-        pytest.skip("Explainer has no device option")
     if not _ort_has_cuda():
         pytest.skip("onnxruntime has no CUDA provider")
     _, proto = onnx_zoo.get("resnet50_style", False)

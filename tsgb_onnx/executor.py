@@ -53,6 +53,10 @@ class StepView:
         tap), so it must be exactly the rule's signal, not only equivalent upstream."""
         return i < len(self._node.inputs) and self._node.inputs[i] in self._step.exposed
 
+    def caller_reads(self, tensor: str) -> bool:
+        """Whether the caller reads the signal of `tensor` (the program's layer or a tap)."""
+        return tensor in self._step.exposed
+
     def tensor(self, name: str):
         """A forward tensor the rule declared with `"@name"` in its reads."""
         return self._tensor(name)

@@ -29,7 +29,7 @@ class Step:
     consumes: tuple[str, ...]       # node outputs that carry a signal
     produces: tuple[str, ...]       # node inputs that receive a signal
     release: tuple[str, ...] = ()   # forward tensors not read by any later step
-    exposed: tuple[str, ...] = ()   # produced signals the caller reads (the layer, taps)
+    exposed: tuple[str, ...] = ()   # signals the caller reads (the layer, taps)
 
     def __str__(self) -> str:
         reads = ", ".join(self.reads + tuple(f"shape({t})" for t in self.shape_reads)) or "-"
@@ -175,7 +175,7 @@ def plan(graph: Graph, method: Method, options: dict, layer: str | None = None,
             produces=tuple(dict.fromkeys(t for t in node.inputs if t in live)),
             release=tuple(t for t in dict.fromkeys(values)
                           if last_use[t] == i and t not in kept),
-            exposed=tuple(t for t in dict.fromkeys(node.inputs) if t in (layer, *taps)),
+            exposed=(layer, *taps),
         ))
     # the layer's and the taps' values are kept to the end: the saliency is
     # sum_c signal * value (a reference method: signal * (value - reference value))

@@ -133,6 +133,8 @@ class OnnxOps:
         self._batch_source = batch_source
         self._batch: str | None = None
         self._scalars: dict[tuple, Sym] = {}
+        self._initializers: dict[tuple, str] = {}  # small constants by value
+        self._emitted: dict[tuple, Sym] = {}  # nodes by (op, inputs, attributes)
 
     # -- handles -------------------------------------------------------------------------
     def const(self, value, dtype=None, name: str | None = None) -> Sym:
@@ -151,16 +153,29 @@ class OnnxOps:
         return self._scalars[key]
 
     def _in(self, v) -> str:
-        """Tensor name of `v`, adding an initializer the first time a constant is used."""
+        """Tensor name of `v`, adding an initializer the first time a constant is used
+        (small constants of equal value share one, so equal nodes can be shared too)."""
         v = self._lift(v)
         if v.name is None:
-            v.name = self.b.initializer(v.value)
+            key = None
+            if v.value.size <= FOLD_LIMIT:
+                key = (v.value.dtype.str, v.value.shape, v.value.tobytes())
+                v.name = self._initializers.get(key)
+            if v.name is None:
+                v.name = self.b.initializer(v.value)
+                if key is not None:
+                    self._initializers[key] = v.name
         return v.name
 
     def _emit(self, op: str, inputs: Sequence, shape, dtype=np.float32, **attrs) -> Sym:
-        (out,) = self.b.node(op, [self._in(i) if not isinstance(i, str) else i for i in inputs],
-                             **attrs)
-        return Sym(out, shape, dtype)
+        """One node; a node equal to one emitted before (op, inputs, attributes) is not
+        emitted again: its output is reused (all emitted ops are pure)."""
+        names = [self._in(i) if not isinstance(i, str) else i for i in inputs]
+        key = (op, tuple(names), repr(sorted(attrs.items())))
+        if key not in self._emitted:
+            (out,) = self.b.node(op, names, **attrs)
+            self._emitted[key] = Sym(out, shape, dtype)
+        return self._emitted[key]
 
     def _ints(self, values: Sequence[int]) -> Sym:
         return self.const(np.asarray(list(values), dtype=np.int64))

@@ -355,9 +355,12 @@ def lrn(ops, node, fwd, grads, opts):
 # -- pooling -----------------------------------------------------------------------------------------
 @register("MaxPool", reads=("x0",))
 def max_pool(ops, node, fwd, grads, opts):
-    x = fwd.x(0)
-    win = window_of(node, ops.shape(x)[2:])
-    return [ops.maxpool_input_grad(x, _first(grads), win)]
+    x, g = fwd.x(0), _first(grads)
+    x_shape = ops.shape(x)
+    win = window_of(node, x_shape[2:])
+    if ops.shape(g)[1] != x_shape[1]:  # one plane per row (TSGB-Conv), broadcast over channels
+        g = ops.expand_to(g, tuple(x_shape[:2]) + tuple(ops.shape(g)[2:]))
+    return [ops.maxpool_input_grad(x, g, win)]
 
 
 @register("AveragePool", reads=("x0.shape",))

@@ -19,6 +19,7 @@ from ..errors import MethodError
 from ..geometry import window_of
 from ..methods import Method, register_method
 from .gradient import GRADIENT, _clip_bounds, avgpool_adjoint
+from .gradient import clip as exact_clip
 from .registry import RuleSet, opt
 
 TSGB = RuleSet("tsgb", parent=GRADIENT)
@@ -73,13 +74,48 @@ def rectified_by(graph, tensor: str) -> bool:
     return False
 
 
+def _pad_keeps_sign(node) -> bool:
+    """A Pad that pads no batch or channel axis and fills with a value >= 0 (or copies
+    values: edge, reflect, wrap)."""
+    pads = node.const(1) if node.opset >= 11 else node.attr("pads")
+    if pads is None:
+        return False
+    pads = [int(v) for v in np.asarray(pads).ravel()]
+    rank = len(pads) // 2
+    if rank < 2 or any(pads[a] or pads[a + rank] for a in (0, 1)):
+        return False
+    if node.attr("mode", "constant") != "constant":
+        return True
+    value = node.const(2) if node.opset >= 11 else node.attr("value", 0.0)
+    if value is None:
+        return not node.has_input(2)
+    return float(np.asarray(value).ravel()[0]) >= 0
+
+
+def sign_redundant(graph, tensor: str, reads_signal) -> bool:
+    """Whether sgn(tensor) may be left out of a signal S at `tensor`: tensor is rectified
+    (`rectified_by`), or a spatial Pad or a MaxPool of a rectified tensor, and the caller
+    reads none of the signals on the way (`reads_signal(name)`). Pad and MaxPool route each
+    position's signal to a position of the same value, where the rectifier's own mask is 1
+    only if that value is > 0, i.e. only where sgn = 1."""
+    if reads_signal(tensor):
+        return False
+    node = graph.producer.get(tensor)
+    if node is not None and node.outputs[0] == tensor and (
+            node.op_type == "MaxPool" and len(node.outputs) == 1
+            or node.op_type == "Pad" and _pad_keeps_sign(node)):
+        return sign_redundant(graph, node.inputs[0], reads_signal)
+    return rectified_by(graph, tensor)
+
+
 def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
     """Whether `tensor` is >= 0 for every input, from the ops that produce it (a Relu or
     non-negative Clip, seen through pools, concatenations and reshapes)."""
     if rectified_by(graph, tensor):
         return True
     node = graph.producer.get(tensor)
-    if node is None or node.op_type not in _KEEPS_SIGN or _depth > 64:
+    if node is None or _depth > 64 or not (
+            node.op_type in _KEEPS_SIGN or node.op_type == "Pad" and _pad_keeps_sign(node)):
         return False
     data = [t for i, t in enumerate(node.inputs)
             if t and (node.op_type == "Concat" or i == 0)]
@@ -87,7 +123,7 @@ def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
 
 
 def _feeds_tsgb_conv_only(node) -> bool:
-    """Whether this Relu's input is the output of a Conv whose only consumer it is (so that
+    """Whether this Relu's (or Clip's) input is the output of a Conv whose only consumer it is (so that
     Conv's TSGB rule reads this Relu's output: `relu_after`)."""
     producer = node.graph.producer.get(node.inputs[0])
     return (producer is not None and producer.op_type == "Conv"
@@ -103,6 +139,19 @@ def tsgb_relu(ops, node, fwd, grads, opts):
     if g is not None and _feeds_tsgb_conv_only(node) and not fwd.exposed(0):
         return [g]
     return [ops.mask(g, ops.greater(fwd.y(0), 0))]
+
+
+@register("Clip", reads=("y0",))
+def tsgb_clip(ops, node, fwd, grads, opts):
+    """Exact gradient; but where the only reader of the signal is TSGB-Conv's Σ A·G with
+    A this Clip's output and a lower bound of 0 (ReLU6), the lower mask is redundant: A is 0
+    wherever it would zero G. Only the upper mask (A < max) is applied then."""
+    g = grads[0]
+    lo, hi = _clip_bounds(node)
+    if (g is not None and (lo is None or lo == 0.0) and _feeds_tsgb_conv_only(node)
+            and not fwd.exposed(0)):
+        return [g if hi is None else ops.mask(g, ops.less(fwd.y(0), hi)), None, None]
+    return exact_clip(ops, node, fwd, grads, opts)
 
 
 def _tsgb_conv_reads(node):
@@ -127,7 +176,7 @@ def tsgb_conv(ops, node, fwd, grads, opts):
         graph, source = node.graph, node.inputs[0]
         gx = tsgb_conv_step(ops, x, y, g, win, groups,
                             nonnegative_x=nonnegative(graph, source),
-                            sign_from_producer=rectified_by(graph, source) and not fwd.exposed(0))
+                            sign_from_producer=sign_redundant(graph, source, fwd.caller_reads))
     return [gx] + [None] * (len(node.inputs) - 1)
 
 
@@ -137,10 +186,10 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
 
     Shortcuts that give the same map (tested against the plain formula):
     `nonnegative_x`: |X| = X (X comes from a Relu, a non-negative Clip, or pools of them);
-    `sign_from_producer`: X is a Relu / non-negative Clip output whose signal the caller
-    does not read, so sgn(X) is left to that op's gradient mask (see `rectified_by`); with
-    groups = 1 the signal is then returned as one plane per row, [B, 1, *spatial], which
-    the element-wise rules that receive it broadcast.
+    `sign_from_producer`: X is a Relu / non-negative Clip output (or a Pad or MaxPool of
+    one) whose signal the caller does not read, so sgn(X) is left to that op's gradient mask
+    (see `sign_redundant`); with groups = 1 the signal is then returned as one plane per row,
+    [B, 1, *spatial], which the rules that receive it broadcast.
     """
     x_shape, y_shape = ops.shape(x), ops.shape(y)
     b, m, spatial = x_shape[0], x_shape[1], x_shape[2:]

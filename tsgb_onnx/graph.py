@@ -241,8 +241,89 @@ def _parse(data: bytes, what: str, base_dir: Path | None = None) -> onnx.ModelPr
     return proto
 
 
+def _zero_pad_amounts(node: onnx.NodeProto, constants: dict) -> list[int] | None:
+    """The spatial pads [begin..., end...] of a constant-zero Pad that pads no batch or
+    channel axis and crops nothing, else None."""
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    if attrs.get("mode", "constant") != "constant":
+        return None
+    if len(node.input) > 1 and node.input[1]:
+        pads = constants.get(node.input[1])
+        if len(node.input) > 2 and node.input[2]:
+            value = constants.get(node.input[2])
+            if value is None or value.size != 1 or float(value.ravel()[0]) != 0.0:
+                return None
+        if len(node.input) > 3 and node.input[3]:
+            return None  # axes input: not worth the generality here
+    else:
+        pads, value = attrs.get("pads"), attrs.get("value", 0.0)
+        if float(value) != 0.0:
+            return None
+    if pads is None:
+        return None
+    pads = [int(v) for v in np.asarray(pads).ravel()]
+    rank = len(pads) // 2
+    if rank < 3 or min(pads) < 0 or any(pads[a] or pads[a + rank] for a in (0, 1)):
+        return None
+    return pads[2:rank] + pads[rank + 2:]
+
+
+def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constant-zero spatial Pads whose output only feeds Convs (as their data input,
+    with explicit pads) into those Convs' pads. The function is the same; runtimes fuse
+    Pad + Conv in plain inference anyway, and backward rules then read the unpadded input."""
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed = []
+    for node in graph.node:
+        if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        amounts = _zero_pad_amounts(node, constants)
+        users = consumers.get(node.output[0], [])
+        if amounts is None or not users or any(
+                u.op_type != "Conv" or list(u.input).count(node.output[0]) != 1
+                or u.input[0] != node.output[0]
+                or {a.name: _attr_value(a) for a in u.attribute}.get("auto_pad", "NOTSET") != "NOTSET"
+                for u in users):
+            continue
+        spatial = len(amounts) // 2
+        for user in users:
+            attrs = {a.name: a for a in user.attribute}
+            old = list(onnx.helper.get_attribute_value(attrs["pads"])) if "pads" in attrs \
+                else [0] * (2 * spatial)
+            if len(old) != 2 * spatial:
+                break
+        else:
+            for user in users:
+                attrs = {a.name: a for a in user.attribute}
+                old = list(onnx.helper.get_attribute_value(attrs["pads"])) if "pads" in attrs \
+                    else [0] * (2 * spatial)
+                new = [a + b for a, b in zip(old, amounts)]
+                for a in [a for a in user.attribute if a.name in ("pads", "auto_pad")]:
+                    user.attribute.remove(a)
+                user.attribute.append(onnx.helper.make_attribute("pads", new))
+                user.input[0] = node.input[0]
+            removed.append(node)
+    for node in removed:
+        graph.node.remove(node)
+    gone = {n.output[0] for n in removed}
+    used = {name for n in graph.node for name in n.input}
+    unused = {name for n in removed for name in n.input[1:]} - used
+    for info in [v for v in graph.value_info if v.name in gone]:
+        graph.value_info.remove(info)
+    for init in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(init)
+    return model
+
+
 def canonicalize(proto: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
-    """Infer shapes and fold constant sub-graphs (returns a new model)."""
+    """Infer shapes, fold constant sub-graphs and zero Pads into the Convs they feed
+    (returns a new model)."""
     model = proto
     if fold:
         try:
@@ -261,6 +342,10 @@ def canonicalize(proto: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
             model = folded
         except Exception:  # folding is an optimisation: keep the original graph
             model = proto
+        if model is proto:
+            model = onnx.ModelProto()
+            model.CopyFrom(proto)
+        model = fold_pads_into_convs(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:

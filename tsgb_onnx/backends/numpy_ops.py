@@ -187,6 +187,10 @@ class NumpyOps:
             total = v.copy() if total is None else np.add(total, v, out=total)
         return total
 
+    def div_box_sum(self, a, mass, win: Window, out: Sequence[int]):
+        """a ⊘ box_sum(mass) for mass >= 0 (`div_stab` with a non-negative denominator)."""
+        return self.div_stab(a, self.box_sum(mass, win, out), nonnegative=True)
+
     def box_sum_transposed(self, r, win: Window, spatial: Sequence[int]):
         """Adjoint of `box_sum`: scatter each window's value back over its inputs."""
         if win.is_identity:

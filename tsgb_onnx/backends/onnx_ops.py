@@ -540,19 +540,29 @@ class OnnxOps:
     def _ones_kernel(self, channels: int, win: Window) -> Sym:
         return self.const(np.ones((channels, 1) + win.kernel, dtype=np.float32))
 
-    def box_sum(self, a, win: Window, out: Sequence[int]):
-        """Sum over every window: a depthwise Conv with a kernel of ones."""
+    def box_sum(self, a, win: Window, out: Sequence[int], plus: float = 0.0):
+        """Sum over every window (+ `plus`): a depthwise Conv with a kernel of ones (and a
+        bias of `plus`)."""
         if win.is_identity:
-            return a
+            return self.add(a, plus) if plus else a
         if a.is_const:
-            return self._fold(lambda v: self._np.box_sum(v, win, out), a)
+            return self._fold(lambda v: self._np.box_sum(v, win, out) + np.float32(plus), a)
         spatial = [int(s) for s in a.shape[2:]]
         padded = win.padded_size(spatial, out)
         ends = [padded[i] - spatial[i] - win.pads[i] for i in range(win.nd)]
         channels = int(a.shape[1])
-        return self._emit("Conv", [a, self._ones_kernel(channels, win)],
+        inputs = [a, self._ones_kernel(channels, win)]
+        if plus:
+            inputs.append(self.const(np.full(channels, plus, dtype=np.float32)))
+        return self._emit("Conv", inputs,
                           a.shape[:2] + tuple(int(o) for o in out), group=channels,
                           pads=list(win.pads[:win.nd]) + ends, **self._window_attrs(win))
+
+    def div_box_sum(self, a, mass, win: Window, out: Sequence[int]):
+        """a ⊘ box_sum(mass) for mass >= 0: the stabiliser is the box Conv's bias."""
+        if self._all_const(a, mass):
+            return self._fold(lambda x, m: self._np.div_box_sum(x, m, win, out), a, mass)
+        return self.div(a, self.box_sum(mass, win, out, plus=EPS))
 
     def box_sum_transposed(self, r, win: Window, spatial: Sequence[int]):
         """Adjoint of `box_sum`: the transposed depthwise conv with a kernel of ones."""

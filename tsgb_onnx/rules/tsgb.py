@@ -200,7 +200,7 @@ def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
     else:
         relevance = _group_sum(ops, ops.mul(y, g), b, groups, n // groups, out)
     mass = _group_sum(ops, x if nonnegative_x else ops.abs(x), b, groups, m // groups, spatial)
-    ratio = ops.div_stab(relevance, ops.box_sum(mass, win, out), nonnegative=True)
+    ratio = ops.div_box_sum(relevance, mass, win, out)
     spread = ops.box_sum_transposed(ratio, win, spatial)  # (b, groups, *spatial)
     spread = ops.reshape(spread, (b, groups, 1) + spatial)
     if sign_from_producer:

@@ -102,7 +102,8 @@ def test_kernel_source_is_found():
 
 # -- XpOps on NumPy is NumpyOps --------------------------------------------------------------------
 _OPERATOR_ONLY = {"add", "sub", "mul", "div", "neg", "greater", "less", "mask", "reshape",
-                  "shape", "ndim", "sum_to_shape", "div_box_sum"}
+                  "shape", "ndim", "sum_to_shape", "div_box_sum",
+                  "mask_below"}
 
 
 def test_xp_ops_overrides_every_numpy_specific_method():

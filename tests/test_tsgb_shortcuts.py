@@ -188,3 +188,34 @@ def test_gradient_through_a_folded_pad_matches_finite_differences():
     # the model is linear in X, so a large step is exact up to float32 rounding
     expected = fd_vjp(model, x, seed, eps32=0.5, richardson=False)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [6.0, 0.5, 1e-3, 3.0000002, 1e5, 1e-30, 7.0e37])
+def test_mask_below_is_exact_in_onnx_runtime(bound):
+    """The emitter's HardSigmoid mask: 1 for every float below the bound, 0 at the bound."""
+    import onnxruntime as ort
+
+    from tsgb_onnx.backends.onnx_ops import GraphBuilder, OnnxOps, Sym
+
+    b = np.float32(bound)
+    below = [np.nextafter(b, np.float32(-np.inf))]
+    for _ in range(40):
+        below.append(np.nextafter(below[-1], np.float32(-np.inf)))
+    y = np.array([b, b, b / 2, np.nextafter(b / 2, np.float32(np.inf)), 0.0, -0.0, 1e-45,
+                  -1e-45, -5.0, -3e38] + below, dtype=np.float32)
+    g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32) + 2
+    builder = GraphBuilder(17, {"y", "g"})
+    ops = OnnxOps(builder)
+    out = ops.mask_below(Sym("g", y.shape, np.float32), Sym("y", y.shape, np.float32), bound)
+    assert [n.op_type for n in builder.nodes] == ["HardSigmoid", "Mul"]
+    graph = helper.make_graph(
+        builder.nodes, "mask",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(y.shape)) for n in ("y", "g")],
+        [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, list(y.shape))],
+        builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    got = ort.InferenceSession(model.SerializeToString(), options,
+                               providers=["CPUExecutionProvider"]).run(None, {"y": y, "g": g})[0]
+    np.testing.assert_array_equal(got, g * (y < b))

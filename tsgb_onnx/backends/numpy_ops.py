@@ -96,6 +96,10 @@ class NumpyOps:
         """`g` where `cond` holds, 0 elsewhere."""
         return g * cond
 
+    def mask_below(self, g, y, bound: float):
+        """`g` where y < bound, 0 elsewhere, for y <= bound (a Clip's output and its max)."""
+        return self.mask(g, self.less(y, bound))
+
     def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
         """a / (d + eps*sgn(d)) with sgn(0) = 1: never NaN or Inf for finite inputs.
         (`nonnegative` promises d >= 0; a backend may skip the sign test.)"""

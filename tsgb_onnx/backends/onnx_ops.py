@@ -332,6 +332,23 @@ class OnnxOps:
             return self._fold(self._np.mask, g, cond)
         return self.mul(g, self.asarray(cond, np.float32))
 
+    def mask_below(self, g, y, bound: float):
+        """`g` where y < bound, 0 elsewhere, for y <= bound: the 0/1 mask is one HardSigmoid,
+        max(0, min(1, K * (bound - y))) with K a power of two (so K * y is exact) large
+        enough that one float step below `bound` already gives >= 1, and 0 at y = bound
+        exactly (K * bound is exact too). Faster in ONNX Runtime than Less + Cast."""
+        g, y = self._lift(g), self._lift(y)
+        bound32 = np.float32(bound)
+        step = bound32 - np.nextafter(bound32, np.float32(-np.inf))
+        if (self._all_const(g, y) or not np.isfinite(bound32) or bound32 <= 0
+                or bound32 < np.finfo(np.float32).tiny * 2 ** 24):
+            return self.mask(g, self.less(y, bound))
+        k = 2.0 ** int(np.ceil(np.log2(2.0 / float(step))))
+        if not np.isfinite(np.float32(k * float(bound32))):
+            return self.mask(g, self.less(y, bound))
+        below = self._emit("HardSigmoid", [y], y.shape, alpha=-k, beta=k * float(bound32))
+        return self.mul(g, below)
+
     def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
         """a / (d + eps*sgn(d)) with sgn(0) = 1 (NumPy's rule, as nodes); `nonnegative`
         denominators (box sums of |X|) need no sign test."""

@@ -150,7 +150,7 @@ def tsgb_clip(ops, node, fwd, grads, opts):
     lo, hi = _clip_bounds(node)
     if (g is not None and (lo is None or lo == 0.0) and _feeds_tsgb_conv_only(node)
             and not fwd.exposed(0)):
-        return [g if hi is None else ops.mask(g, ops.less(fwd.y(0), hi)), None, None]
+        return [g if hi is None else ops.mask_below(g, fwd.y(0), hi), None, None]
     return exact_clip(ops, node, fwd, grads, opts)
 
 

@@ -7,6 +7,12 @@
 
 Models are full-size (224x224, random weights except EfficientNet-Lite0, which is the
 pretrained one); each is exported once with the TorchScript exporter. Prints a Markdown table.
+Ratios are to plain inference of the canonical graph the explainers are built from (constants
+and zero Pads folded, `tsgb_onnx.graph.canonicalize`), which is as fast as or faster than the
+file as exported (also printed). On the CPU, plain inference and every explanation of a row are
+timed in rounds (median of
+`--repeats` rounds; in each, every function runs twice and the second run is timed), so the
+ratios share the machine's state.
 
 `--device cuda` reports images/s on the GPU: plain ONNX Runtime CUDA inference (I/O binding,
 input and outputs on the device), the explanation (CUDA forward recorder + CuPy backward with
@@ -41,6 +47,23 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median time of each function over `repeats` rounds; in each round every function runs
+    twice in a row and the second run is timed. Drift of a shared machine hits every column
+    alike. Before each function a pause lets the previous session's thread pool stop spinning
+    (each ONNX Runtime session has its own; on 2 cores its spinning threads would slow the next
+    session's run: ResNet-50 inference at batch 1 measured 32 ms instead of 20 ms)."""
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            time.sleep(0.1)
+            fn()
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(t)) for key, t in times.items()}
+
+
 def export(name: str, folder: str) -> str:
     import torch
 
@@ -56,6 +79,20 @@ def export(name: str, folder: str) -> str:
     path = os.path.join(folder, f"{name}.onnx")
     from_torch(model, torch.zeros(1, 3, 224, 224), path)
     return path
+
+
+def canonical_session(path: str):
+    """Plain inference on the canonical graph the explainers are built from (constants and
+    zero Pads folded: as fast as or faster than the file as exported), the baseline of every
+    ratio."""
+    import onnxruntime as ort
+
+    from tsgb_onnx.graph import build_graph
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(build_graph(path).model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def compiled_session(path: str, method: str):
@@ -255,13 +292,14 @@ def main() -> None:
     methods = args.methods.split(",")
     paths = args.paths.split(",")
     columns = [(m, p) for m in methods for p in paths]
-    print("| net | batch | inference (s) | " + " | ".join(
+    print("| net | batch | inference as exported (s) | inference (s) | " + " | ".join(
         f"{m} {p} (s) | {m} {p} / inference" for m, p in columns) + " |")
-    print("|---|---|---|" + "---|---|" * len(columns))
+    print("|---|---|---|---|" + "---|---|" * len(columns))
     with tempfile.TemporaryDirectory() as folder:
         for name in args.nets.split(","):
             path = export(name, folder)
-            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            exported = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            session = canonical_session(path)
             input_name = session.get_inputs()[0].name
             runners = {}
             for m in methods:
@@ -278,12 +316,14 @@ def main() -> None:
                             input_name: x, "target": np.ones(len(x), dtype=np.int64)}))
             for batch in (int(b) for b in args.batches.split(",")):
                 x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                infer = median_time(lambda: session.run(None, {input_name: x}), args.repeats)
-                cells = []
-                for column in columns:
-                    t = median_time(lambda: runners[column](x), args.repeats)
-                    cells.append(f"{t:.3f} | **{t / infer:.2f}×**")
-                print(f"| {name} | {batch} | {infer:.3f} | " + " | ".join(cells) + " |", flush=True)
+                fns = {"exported": lambda: exported.run(None, {input_name: x}),
+                       "inference": lambda: session.run(None, {input_name: x})}
+                fns.update({column: (lambda c=column: runners[c](x)) for column in columns})
+                medians = interleaved_medians(fns, args.repeats)
+                infer = medians["inference"]
+                cells = [f"{medians[c]:.3f} | **{medians[c] / infer:.2f}×**" for c in columns]
+                print(f"| {name} | {batch} | {medians['exported']:.3f} | {infer:.3f} | "
+                      + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

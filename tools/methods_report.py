@@ -8,7 +8,9 @@ For each method the maps for "Egyptian cat" (285) and "espresso" (967) are compu
 batch; the table gives the share of positive mass on each half and the Spearman rank
 correlation between the two maps (paper 003's class-sensitivity metric: lower = the map
 depends more on the class). The figure shows both maps per method. `--speed` adds images/s
-per method at a batch of 224x224 images and the ratio to plain ONNX Runtime inference.
+per method at a batch of 224x224 images and the ratio to plain ONNX Runtime inference,
+all timed in the same rounds (`bench.interleaved_medians`: median of `--repeats` rounds, each
+function run twice per round and the second run timed).
 The figure shows each map's positive part scaled to its 99.5th percentile (display only).
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench import median_time  # noqa: E402
+from bench import interleaved_medians  # noqa: E402
 from tsgb_onnx import Explainer, available_methods  # noqa: E402
 from tsgb_onnx.demo import (CAT, ESPRESSO, LITE0_PREP, fit_image, half_shares,  # noqa: E402
                             lite0_onnx, photo, to_tensor, two_photo_input)
@@ -103,16 +105,21 @@ def speed(methods, batch: int, repeats: int) -> None:
     images = [fit_image(photo(name), LITE0_PREP) for name in ("chelsea", "coffee")]
     x = np.concatenate([to_tensor(images[i % 2], LITE0_PREP) for i in range(batch)])
     base = Explainer(model, method="gradient")
-    infer = median_time(lambda: base.infer(x), repeats)
+    explainers = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for method in methods:
+            explainers[method] = Explainer(model, method=method, **OPTIONS.get(method, {}))
+        fns = {"inference": lambda: base.infer(x)}
+        fns.update({m: (lambda e=e: e.explain(x)) for m, e in explainers.items()})
+        times = interleaved_medians(fns, repeats)
+    infer = times["inference"]
     print(f"\nEfficientNet-Lite0 224x224, batch {batch}, {os.cpu_count()} CPU cores "
           f"({platform.processor() or platform.machine()}); inference {batch / infer:.1f} images/s\n")
     print("| method | images/s | time / inference |")
     print("|---|---|---|")
     for method in methods:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ex = Explainer(model, method=method, **OPTIONS.get(method, {}))
-            t = median_time(lambda: ex.explain(x), repeats)
+        t = times[method]
         print(f"| {method} | {batch / t:.1f} | {t / infer:.1f}x |", flush=True)
 
 

@@ -81,33 +81,32 @@ def export(name: str, folder: str) -> str:
     return path
 
 
-def canonical_session(path: str):
-    """Plain inference on the canonical graph the explainers are built from (constants and
-    zero Pads folded: as fast as or faster than the file as exported), the baseline of every
-    ratio."""
+def cpu_session(model):
+    """An ONNX Runtime CPU session on an in-memory model (warnings off)."""
     import onnxruntime as ort
 
-    from tsgb_onnx.graph import build_graph
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(build_graph(path).model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def compiled_session(path: str, method: str):
-    """One ONNX Runtime session on the explainer model `tsgb convert` writes."""
-    import onnxruntime as ort
-
-    from tsgb_onnx.convert import convert
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = convert(path, method=method)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
+
+
+def canonical_session(path: str):
+    """Plain inference on the canonical graph the explainers are built from (constants and
+    zero Pads folded: as fast as or faster than the file as exported), the baseline of every
+    ratio."""
+    from tsgb_onnx.graph import build_graph
+
+    return cpu_session(build_graph(path).model)
+
+
+def compiled_session(path: str, method: str):
+    """One ONNX Runtime session on the explainer model `tsgb convert` writes."""
+    from tsgb_onnx.convert import convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cpu_session(convert(path, method=method))
 
 
 CPU_DEFAULTS = {"nets": "resnet50,vgg16,mobilenetv2,efficientnet_lite0",

@@ -11,11 +11,11 @@ Compiles the `tsgb` explainer of each net three times:
 * **rules**: the TSGB shortcuts on, Pads kept;
 * **shipped**: both on.
 With `--baseline DIR` (a checkout of another version of tsgb-onnx, e.g. `git worktree add
-DIR <commit>`), a fourth explainer is compiled by that version in a subprocess and timed in
-the same rounds. The emitter's node sharing is on in the first three. Plain inference and the three explainers are
-timed in rounds (`bench.interleaved_medians`), so machine drift hits all alike; prints
-medians, ratios to inference and the largest map difference from the plain variant. Inference is timed on the canonical graph (Pads
-folded: the fastest plain inference of the same function that we know of).
+DIR <commit>`), a fourth explainer is compiled by that version in a subprocess. The emitter's
+node sharing is on in the first three. Plain inference (of the canonical graph, Pads folded:
+the fastest plain inference of the same function that we know of) and the explainers are
+timed in the same rounds (`bench.interleaved_medians`), so machine drift hits all alike;
+prints medians, ratios to inference and the largest map difference from the plain variant.
 """
 
 from __future__ import annotations
@@ -30,15 +30,6 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-
-def _session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager
@@ -77,7 +68,7 @@ def _baseline_model(source: str, path: str, out: str):
 
 
 def main() -> None:
-    from bench import canonical_session, export, interleaved_medians
+    from bench import canonical_session, cpu_session, export, interleaved_medians
     from tsgb_onnx.convert import convert
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,9 +90,9 @@ def main() -> None:
         sessions = {}
         for key, off in variants.items():
             with _without(*off):
-                sessions[key] = _session(convert(path, method="tsgb"))
+                sessions[key] = cpu_session(convert(path, method="tsgb"))
         if args.baseline:
-            sessions["baseline"] = _session(_baseline_model(
+            sessions["baseline"] = cpu_session(_baseline_model(
                 args.baseline, path, os.path.join(folder, f"{name}_baseline.onnx")))
         plain = canonical_session(path)  # inference baseline: the canonical graph
         feed = {plain.get_inputs()[0].name: np.random.default_rng(0).standard_normal(

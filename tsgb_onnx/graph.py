@@ -268,6 +268,16 @@ def _zero_pad_amounts(node: onnx.NodeProto, constants: dict) -> list[int] | None
     return pads[2:rank] + pads[rank + 2:]
 
 
+def _explicit_conv_pads(conv: onnx.NodeProto, spatial: int) -> list[int] | None:
+    """A Conv's pads [begin..., end...] over `spatial` axes; None with auto_pad or another
+    length."""
+    attrs = {a.name: _attr_value(a) for a in conv.attribute}
+    if attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        return None
+    pads = [int(p) for p in attrs.get("pads", [0] * (2 * spatial))]
+    return pads if len(pads) == 2 * spatial else None
+
+
 def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold constant-zero spatial Pads whose output only feeds Convs (as their data input,
     with explicit pads) into those Convs' pads. The function is the same, the padded copy is
@@ -288,28 +298,18 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
         users = consumers.get(node.output[0], [])
         if amounts is None or not users or any(
                 u.op_type != "Conv" or list(u.input).count(node.output[0]) != 1
-                or u.input[0] != node.output[0]
-                or {a.name: _attr_value(a) for a in u.attribute}.get("auto_pad", "NOTSET") != "NOTSET"
-                for u in users):
+                or u.input[0] != node.output[0] for u in users):
             continue
-        spatial = len(amounts) // 2
-        for user in users:
-            attrs = {a.name: a for a in user.attribute}
-            old = list(onnx.helper.get_attribute_value(attrs["pads"])) if "pads" in attrs \
-                else [0] * (2 * spatial)
-            if len(old) != 2 * spatial:
-                break
-        else:
-            for user in users:
-                attrs = {a.name: a for a in user.attribute}
-                old = list(onnx.helper.get_attribute_value(attrs["pads"])) if "pads" in attrs \
-                    else [0] * (2 * spatial)
-                new = [a + b for a, b in zip(old, amounts)]
-                for a in [a for a in user.attribute if a.name in ("pads", "auto_pad")]:
-                    user.attribute.remove(a)
-                user.attribute.append(onnx.helper.make_attribute("pads", new))
-                user.input[0] = node.input[0]
-            removed.append(node)
+        current = [_explicit_conv_pads(u, len(amounts) // 2) for u in users]
+        if any(pads is None for pads in current):
+            continue
+        for user, pads in zip(users, current):
+            for attr in [a for a in user.attribute if a.name in ("pads", "auto_pad")]:
+                user.attribute.remove(attr)
+            user.attribute.append(onnx.helper.make_attribute(
+                "pads", [p + q for p, q in zip(pads, amounts)]))
+            user.input[0] = node.input[0]
+        removed.append(node)
     for node in removed:
         graph.node.remove(node)
     gone = {n.output[0] for n in removed}

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import MethodError
 from ..geometry import window_of
 from ..methods import Method, register_method
-from .gradient import GRADIENT, _clip_bounds, avgpool_adjoint
+from .gradient import GRADIENT, _clip_bounds, avgpool_adjoint, pad_amounts
 from .gradient import clip as exact_clip
 from .registry import RuleSet, opt
 
@@ -77,12 +77,12 @@ def rectified_by(graph, tensor: str) -> bool:
 def _pad_keeps_sign(node) -> bool:
     """A Pad that pads no batch or channel axis and fills with a value >= 0 (or copies
     values: edge, reflect, wrap)."""
-    pads = node.const(1) if node.opset >= 11 else node.attr("pads")
-    if pads is None:
+    shape = node.input_shape(0)
+    if shape is None or len(shape) < 2 or (node.opset >= 11 and not node.is_const(1)):
         return False
-    pads = [int(v) for v in np.asarray(pads).ravel()]
-    rank = len(pads) // 2
-    if rank < 2 or any(pads[a] or pads[a + rank] for a in (0, 1)):
+    rank = len(shape)
+    pads = pad_amounts(node, rank)
+    if any(pads[a] or pads[a + rank] for a in (0, 1)):
         return False
     if node.attr("mode", "constant") != "constant":
         return True
@@ -123,8 +123,8 @@ def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
 
 
 def _feeds_tsgb_conv_only(node) -> bool:
-    """Whether this Relu's (or Clip's) input is the output of a Conv whose only consumer it is (so that
-    Conv's TSGB rule reads this Relu's output: `relu_after`)."""
+    """Whether this Relu's (or Clip's) input is the output of a Conv whose only consumer it
+    is (so that Conv's TSGB rule reads this activation's output: `relu_after`)."""
     producer = node.graph.producer.get(node.inputs[0])
     return (producer is not None and producer.op_type == "Conv"
             and relu_after(producer) == node.outputs[0])

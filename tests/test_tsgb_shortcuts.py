@@ -24,7 +24,8 @@ MIDDLES = ("none", "pad_reflect", "pad_zero_shared", "maxpool")
 
 
 def _net(activation: str, middle: str, groups: int, seed: int = 0) -> onnx.ModelProto:
-    """X → Conv → act → [middle] → Conv(groups) → act → Conv 1×1 → GAP → Gemm → logits."""
+    """X → Conv → act → [middle] → Conv(groups) → act → Conv 1×1 → GAP → Gemm → logits
+    (plus a side branch from the Pad for `pad_zero_shared`)."""
     rng = np.random.default_rng(seed)
     inits = {
         "w1": rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.5,
@@ -55,7 +56,8 @@ def _net(activation: str, middle: str, groups: int, seed: int = 0) -> onnx.Model
                   node("Flatten", ["mean"], ["side"])]
         conv2_pads = [0, 0, 0, 0]
     elif middle == "maxpool":
-        nodes.append(node("MaxPool", ["a1"], ["m"], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1]))
+        nodes.append(node("MaxPool", ["a1"], ["m"], kernel_shape=[2, 2], strides=[1, 1],
+                          pads=[0, 0, 1, 1]))
     else:
         nodes.append(node("Identity", ["a1"], ["m"]))
     nodes += [node("Conv", ["m", "w2"], ["c2"], pads=conv2_pads, group=groups)] + act("c2", "a2")
@@ -94,24 +96,33 @@ def test_shortcuts_give_the_plain_rules_map(activation, middle, groups, backend,
     assert scale > 0
     np.testing.assert_allclose(fast_map, plain_map, rtol=0, atol=1e-5 * scale)
     # where the caller reads the rectified tensor's own signal, it stays exact
-    np.testing.assert_allclose(fast_at_a1, plain_at_a1, rtol=0, atol=1e-5 * np.abs(plain_at_a1).max())
+    np.testing.assert_allclose(fast_at_a1, plain_at_a1, rtol=0,
+                               atol=1e-5 * np.abs(plain_at_a1).max())
 
 
 @pytest.mark.filterwarnings("ignore:tsgb. no linear layer")
 @pytest.mark.parametrize("middle", MIDDLES)
 def test_shortcuts_are_taken_where_they_apply(middle, monkeypatch):
     """Fewer nodes in the compiled explainer with a rectifier (ReLU, ReLU6) in front of the
-    conv; none saved when the Clip's lower bound is below zero (the mask is needed)."""
-    def nodes(activation, off):
+    conv, also from the sign shortcut through the Pad or MaxPool (not through an Identity,
+    which it does not cross); none saved when the Clip's lower bound is below zero."""
+    sign_redundant = tsgb_rules.sign_redundant
+
+    def nodes(activation, off=False, not_through_middle=False):
         with monkeypatch.context() as patch:
             if off:
                 _shortcuts_off(patch)
+            if not_through_middle:  # the second conv's input "m" keeps its sign
+                patch.setattr(tsgb_rules, "sign_redundant", lambda graph, tensor, reads:
+                              tensor != "m" and sign_redundant(graph, tensor, reads))
             from tsgb_onnx.convert import convert
             return len(convert(_net(activation, middle, 6), method="tsgb").graph.node)
 
     for activation in ("relu", "relu6"):
-        assert nodes(activation, off=False) < nodes(activation, off=True), activation
-    assert nodes("clip_below_zero", off=False) == nodes("clip_below_zero", off=True)
+        assert nodes(activation) < nodes(activation, off=True), activation
+        through_middle = nodes(activation) < nodes(activation, not_through_middle=True)
+        assert through_middle == (middle != "none"), activation
+    assert nodes("clip_below_zero") == nodes("clip_below_zero", off=True)
 
 
 def _pad_conv_model(mode="constant", value=None, pads=(0, 0, 1, 2, 0, 0, 2, 1), consumer="Conv",

@@ -76,7 +76,7 @@ class OnnxZoo:
     def torch_model(self, name: str) -> Any:
         if name not in self._models:
             if name == LITE0:
-                from tsgb_onnx.zoo.efficientnet_lite0 import efficientnet_lite0
+                from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
 
                 self._models[name] = efficientnet_lite0(pretrained=True)
             else:
@@ -134,7 +134,7 @@ def preprocess_imagenet(image: np.ndarray, size: int = 224) -> np.ndarray:
     """HxWx3 image -> float32 [1, 3, size, size], resized whole (anti-aliased), ImageNet-normalised."""
     from skimage.transform import resize
 
-    from tsgb_onnx.zoo.efficientnet_lite0 import IMAGENET_MEAN, IMAGENET_STD
+    from tsgb_onnx.io.zoo.efficientnet_lite0 import IMAGENET_MEAN, IMAGENET_STD
 
     x = resize(image, (size, size), anti_aliasing=True).astype(np.float32)
     x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)

@@ -381,6 +381,6 @@ REFERENCE_NETS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
 def export_onnx(model: nn.Module, example: torch.Tensor, dynamo: bool) -> onnx.ModelProto:
     """Export `model` to an in-memory ``ModelProto`` (input "input", output "logits", dynamic
     batch) with the TorchScript exporter (opset 17) or the dynamo one (opset 18)."""
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     return from_torch(model, example, dynamo=dynamo)

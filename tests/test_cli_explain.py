@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from tsgb_onnx import Explainer
-from tsgb_onnx.cli import main
-from tsgb_onnx.labels import imagenet_labels, label_index, parse_targets
-from tsgb_onnx.preprocess import Preprocessing, fit_image, load_rgb, to_tensor
-from tsgb_onnx.render import heatmap
+from tsgb_onnx.cli.main import main
+from tsgb_onnx.io.labels import imagenet_labels, label_index, parse_targets
+from tsgb_onnx.io.preprocess import Preprocessing, fit_image, load_rgb, to_tensor
+from tsgb_onnx.io.render import heatmap
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -66,7 +66,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(root):
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     net = small_cnn()
     x = torch.zeros(1, 3, SIZE, SIZE)
@@ -124,7 +124,7 @@ def test_presets_hand_worked():
 
 
 def test_metadata_then_preset_then_flags(models, photos):
-    from tsgb_onnx.explain_files import choose_preprocessing
+    from tsgb_onnx.cli.explain import choose_preprocessing
 
     ex = Explainer(models["caffe"], method="gradient")
     meta = choose_preprocessing(ex.graph, None, {})
@@ -149,7 +149,7 @@ def test_labels_and_targets(tmp_path):
     assert "did you mean 'Egyptian cat'" in str(info.value)
     as_json = tmp_path / "labels.json"
     as_json.write_text(json.dumps({"1": "dog", "0": "cat"}))
-    from tsgb_onnx.labels import load_labels
+    from tsgb_onnx.io.labels import load_labels
 
     assert load_labels(str(as_json)) == ["cat", "dog"]
 
@@ -295,7 +295,7 @@ def test_out_and_out_dir_exclude_each_other(capsys, models, photos, tmp_path):
 
 @pytest.fixture(scope="module")
 def signal_and_volume(root):
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     net1 = _seeded(nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
                                  nn.Flatten(), nn.Linear(4 * 32, 3)), 1)

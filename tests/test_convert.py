@@ -18,7 +18,7 @@ from onnx_builders import node as N
 from test_rules_fd import ALL, TIES
 
 from tsgb_onnx import Explainer, MethodError, ModelError, UnsupportedOpError
-from tsgb_onnx.cli import main
+from tsgb_onnx.cli.main import main
 from tsgb_onnx.convert import ConvertWarning, convert, convert_vjp
 
 NETS = ["vgg16_style", "resnet50_style", "densenet_style", "mobilenetv2_style",

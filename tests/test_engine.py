@@ -6,8 +6,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tsgb_onnx import Explainer
-from tsgb_onnx.executor import run_program
-from tsgb_onnx.backends import NumpyOps
+from tsgb_onnx.engine.executor import run_program
+from tsgb_onnx.backends.numpy_ops import NumpyOps
 
 
 def test_gradient_records_only_what_rules_read(onnx_zoo):

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tsgb_onnx import (Explainer, InputError, MethodError, ModelError, TargetError, TsgbError,
                        UnsupportedOpError)
-from tsgb_onnx.cli import main
+from tsgb_onnx.cli.main import main
 
 NET = "vgg16_style"  # input [B, 3, 64, 64], 10 classes
 CLASSES = 10

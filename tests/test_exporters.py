@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tsgb_onnx import Explainer, InputError, TsgbError, available_methods
-from tsgb_onnx.export import attach_metadata, from_jax, from_keras, from_paddle, read_metadata
-from tsgb_onnx.preprocess import Preprocessing
+from tsgb_onnx.io.export import attach_metadata, from_jax, from_keras, from_paddle, read_metadata
+from tsgb_onnx.io.preprocess import Preprocessing
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -40,7 +40,7 @@ def torch_cnn(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def torch_model():
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     net = torch_cnn()
     proto = from_torch(net, torch.zeros(1, 3, SIZE, SIZE), preprocess="tf",
@@ -198,7 +198,7 @@ def test_keras_model_through_the_cli(keras_model, torch_model, tmp_path, capsys)
     """No preprocessing flags: layout, size and scaling come from the Keras export's metadata."""
     from PIL import Image
 
-    from tsgb_onnx.cli import main
+    from tsgb_onnx.cli.main import main
 
     _, keras_proto = keras_model
     _, torch_proto = torch_model
@@ -243,7 +243,7 @@ def test_jax_export_matches_numpy(tmp_path):
     # no Transpose shows the channel axis here: the CLI takes it from the layout metadata
     import onnx
 
-    from tsgb_onnx.cli import main
+    from tsgb_onnx.cli.main import main
 
     onnx.save(proto, str(tmp_path / "jax.onnx"))
     np.save(tmp_path / "x.npy", x)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsgb_onnx import gpu
+from tsgb_onnx.backends import device
+from tsgb_onnx.engine import cuda
 from tsgb_onnx.backends.cupy_ops import FusedSteps, XpOps, conv_geometry, kernel_path
 from tsgb_onnx.backends.numpy_ops import NumpyOps
 from tsgb_onnx.errors import MethodError, RuntimeUnavailableError
-from tsgb_onnx.geometry import Window
+from tsgb_onnx.ir.geometry import Window
 from tsgb_onnx.rules.tsgb import tsgb_conv_step
 
 RNG_SEED = 1234
@@ -41,7 +42,7 @@ def _gpu_count() -> int:
 
 def _ort_has_cuda() -> bool:
     try:
-        gpu.check_onnxruntime_cuda()
+        cuda.check_onnxruntime_cuda()
         return True
     except RuntimeUnavailableError:
         return False
@@ -52,20 +53,20 @@ needs_gpu = pytest.mark.skipif(_gpu_count() == 0, reason="needs CuPy and a CUDA 
 
 # -- device resolution (real CPU onnxruntime) ----------------------------------------------------
 def test_cpu_device_uses_numpy():
-    choice = gpu.resolve_device("cpu")
+    choice = device.resolve_device("cpu")
     assert choice.name == "cpu" and choice.providers == ["CPUExecutionProvider"]
     assert isinstance(choice.ops(), NumpyOps)
 
 
 def test_unknown_device_is_a_method_error():
     with pytest.raises(MethodError, match="device must be one of cpu, cuda, auto"):
-        gpu.resolve_device("tpu")
+        device.resolve_device("tpu")
 
 
 @pytest.mark.skipif(_ort_has_cuda(), reason="this onnxruntime offers the CUDA provider")
 def test_cuda_without_cuda_provider_fails_with_one_line():
     with pytest.raises(RuntimeUnavailableError) as info:
-        gpu.resolve_device("cuda")
+        device.resolve_device("cuda")
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("device='cuda' is unavailable: onnxruntime ")
@@ -74,14 +75,14 @@ def test_cuda_without_cuda_provider_fails_with_one_line():
 
 @pytest.mark.skipif(_ort_has_cuda() and _gpu_count() > 0, reason="a GPU is usable here")
 def test_auto_falls_back_to_cpu_and_warns_once():
-    gpu._warned.clear()
+    device._warned.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = gpu.resolve_device("auto")
-        second = gpu.resolve_device("auto")
+        first = device.resolve_device("auto")
+        second = device.resolve_device("auto")
     assert first.name == second.name == "cpu"
     assert first.fallback_reason and first.fallback_reason == second.fallback_reason
-    notes = [w for w in caught if issubclass(w.category, gpu.GpuFallbackWarning)]
+    notes = [w for w in caught if issubclass(w.category, device.GpuFallbackWarning)]
     assert len(notes) == 1
     assert str(notes[0].message).startswith("device='auto': running on the CPU because ")
 
@@ -91,7 +92,7 @@ def test_cupy_check_without_gpu_fails_with_one_line():
     if _gpu_count() > 0:
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeUnavailableError) as info:
-        gpu.check_cupy()
+        device.check_cupy()
     message = str(info.value)
     assert "\n" not in message and message.startswith("device='cuda' is unavailable: no ")
 
@@ -225,7 +226,7 @@ def test_im2col_conv_and_conv_input_grad_match_numpy_ops():
 
 
 def _run_with(explainer, ops, x, target):
-    from tsgb_onnx.executor import run_program
+    from tsgb_onnx.engine.executor import run_program
 
     program = explainer.program()
     logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
@@ -515,14 +516,14 @@ def test_fused_kernels_run_tsgb_programs_like_numpy(onnx_zoo, shim_launch, net):
 # -- the I/O-binding recorder (the CUDA recorder's code path) on the CPU provider -----------------
 def test_io_binding_recorder_equals_forward_recorder(onnx_zoo):
     from tsgb_onnx import Explainer
-    from tsgb_onnx.record import ForwardRecorder
+    from tsgb_onnx.engine.record import ForwardRecorder
 
     _, proto = onnx_zoo.get("resnet50_style", False)
     explainer = Explainer(proto, method="tsgb", backend="numpy")
     program = explainer.program()
     x = onnx_zoo.example("resnet50_style", batch=2).numpy()
     want = ForwardRecorder(explainer.graph).run(x, program.record, program.record_shapes)
-    got = gpu.IoBindingRecorder(explainer.graph).run(x, program.record, program.record_shapes)
+    got = cuda.IoBindingRecorder(explainer.graph).run(x, program.record, program.record_shapes)
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1].keys() == want[1].keys() and got[2] == want[2]
     for name in want[1]:
@@ -533,7 +534,7 @@ def test_ortvalue_dtype_names():
     ort = pytest.importorskip("onnxruntime")
     for dtype in (np.float32, np.float16, np.int64, np.bool_):
         value = ort.OrtValue.ortvalue_from_numpy(np.zeros((2, 1), dtype))
-        assert gpu.ortvalue_dtype(value) == np.dtype(dtype)
+        assert cuda.ortvalue_dtype(value) == np.dtype(dtype)
 
 
 # -- GPU: CuPy executor == NumPy executor ----------------------------------------------------------
@@ -558,7 +559,7 @@ def test_cupy_executor_equals_numpy_executor(onnx_zoo, net, method):
 
     from tsgb_onnx import Explainer
     from tsgb_onnx.backends.cupy_ops import CupyOps
-    from tsgb_onnx.executor import run_program
+    from tsgb_onnx.engine.executor import run_program
 
     _, proto = onnx_zoo.get(net, False)
     x = onnx_zoo.example(net, batch=4, seed=3).numpy()
@@ -577,7 +578,7 @@ def test_cupy_executor_equals_numpy_executor(onnx_zoo, net, method):
     _close_maps(_map(ops.to_numpy(run_program(program, ops, on_gpu, dict(shapes), seed, {})), x),
                 want)
     if _ort_has_cuda():  # recorded by ONNX Runtime on CUDA, handed over without a copy
-        recorder = gpu.CudaForwardRecorder(explainer.graph)
+        recorder = cuda.CudaForwardRecorder(explainer.graph)
         cuda_logits, cuda_values, cuda_shapes = recorder.run(
             x, program.record, program.record_shapes)
         np.testing.assert_allclose(cuda_logits, logits, rtol=1e-3, atol=1e-3)
@@ -643,12 +644,12 @@ def test_explainer_device_auto_falls_back_to_the_cpu_map(onnx_zoo):
 
     _, proto = onnx_zoo.get("vgg16_style", False)
     x = onnx_zoo.example("vgg16_style", batch=2, seed=5).numpy()
-    gpu._warned.clear()
+    device._warned.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         auto = Explainer(proto, method="tsgb", device="auto")
         Explainer(proto, method="gradient", device="auto")
-    notes = [w for w in caught if issubclass(w.category, gpu.GpuFallbackWarning)]
+    notes = [w for w in caught if issubclass(w.category, device.GpuFallbackWarning)]
     assert len(notes) == 1 and auto.device.name == "cpu"
     got = auto.explain(x, target=[1, 0]).saliency
     want = Explainer(proto, method="tsgb", device="cpu").explain(x, target=[1, 0]).saliency
@@ -665,7 +666,7 @@ def test_explainer_unknown_device_is_a_method_error(onnx_zoo):
 
 @pytest.mark.skipif(_ort_has_cuda() and _gpu_count() > 0, reason="a GPU is usable here")
 def test_cli_device_cuda_without_a_gpu_exits_2_with_one_line(onnx_zoo, tmp_path, capsys):
-    from tsgb_onnx.cli import main
+    from tsgb_onnx.cli.main import main
 
     path, _ = onnx_zoo.get("vgg16_style", False)
     x = tmp_path / "x.npy"

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tsgb_onnx import Explainer, MethodError
-from tsgb_onnx.groupcam import blur_matrix, gaussian_blur
+from tsgb_onnx.methods.groupcam import blur_matrix, gaussian_blur
 
 TARGETS = [3, 1]
 
@@ -150,7 +150,7 @@ def _contribution_norms(conv, x_in, g_out):
 def test_normgrad_at_an_existing_conv_equals_per_location_weight_gradients():
     """A grouped, strided, dilated, padded conv: the map is the Frobenius norm of each
     location's contribution to the weight gradient, computed here by autograd per location."""
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
@@ -259,7 +259,7 @@ def test_meta_saliency_wraps_any_method(onnx_zoo):
 def test_weight_gradients_match_autograd(onnx_zoo):
     from onnx import numpy_helper
 
-    from tsgb_onnx.weight_grads import weight_gradients
+    from tsgb_onnx.methods.weight_grads import weight_gradients
 
     model, proto = onnx_zoo.get("vgg16_style", False)
     # (an input whose pre-activations keep clear of ReLU kinks under float32 rounding)
@@ -306,7 +306,7 @@ def test_weight_gradients_match_finite_differences(onnx_zoo, name):
     through ONNX Runtime, at the largest entries of several weight tensors."""
     from onnx import numpy_helper
 
-    from tsgb_onnx.weight_grads import weight_gradients
+    from tsgb_onnx.methods.weight_grads import weight_gradients
 
     _, proto = onnx_zoo.get(name, True)
     x = onnx_zoo.example(name, 1, 6).numpy()
@@ -328,7 +328,7 @@ def test_weight_gradients_of_batch_normalization_match_finite_differences():
     """An unfolded BatchNormalization (scale, bias) between a Conv and a Gemm, built by hand."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from tsgb_onnx.weight_grads import weight_gradients
+    from tsgb_onnx.methods.weight_grads import weight_gradients
 
     rng = np.random.default_rng(3)
     inits = {

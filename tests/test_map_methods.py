@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from nets import init_deterministic
 from onnx_builders import make_model, node
 from tsgb_onnx import Explainer, MethodError
-from tsgb_onnx.export import from_torch
+from tsgb_onnx.io.export import from_torch
 
 TARGETS = [3, 1, 7]
 

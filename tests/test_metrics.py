@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tsgb_onnx import metrics as M
+from tsgb_onnx.evaluation import metrics as M
 from tsgb_onnx.errors import InputError
 from tsgb_onnx.explainer import Explainer
 
@@ -190,7 +190,7 @@ def test_randomize_layers_touches_only_named_layers():
 
 
 def test_randomization_decorrelates_maps():
-    from tsgb_onnx.datasets import synthetic
+    from tsgb_onnx.evaluation.datasets import synthetic
 
     model = onnx.load(str(DATA / "synthetic_vgg.onnx"))
     data = synthetic(3, seed=5)

@@ -62,7 +62,7 @@ def test_reference_nets_are_deterministic_and_small():
 
 
 def test_efficientnet_lite0_classifies_photos_through_ort(onnx_zoo, lite0_torch, photos):
-    from tsgb_onnx.zoo.efficientnet_lite0 import IMAGENET_CLASS_NAMES_SUBSET
+    from tsgb_onnx.io.zoo.efficientnet_lite0 import IMAGENET_CLASS_NAMES_SUBSET
 
     assert sum(p.numel() for p in lite0_torch.parameters()) == 4_652_008
     assert len(lite0_torch.state_dict()) == 296

@@ -52,7 +52,7 @@ def _render_check(page: Path):
 @pytest.fixture(scope="module")
 def report(browser, tmp_path_factory):
     """`tsgb explain FOLDER --out-dir OUT --format png,html --top-k 2` in a fresh process."""
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     root = tmp_path_factory.mktemp("render_browser")
     model = root / "model.onnx"

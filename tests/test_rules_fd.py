@@ -575,7 +575,7 @@ def _lrn_spec(x, size, alpha, beta, bias):
 
 @pytest.mark.parametrize("size", [2, 4, 3])
 def test_lrn_rule_matches_spec_formula(size):
-    from tsgb_onnx.backends import NumpyOps
+    from tsgb_onnx.backends.numpy_ops import NumpyOps
     from tsgb_onnx.rules.gradient import GRADIENT
 
     rng = np.random.default_rng(size)

@@ -160,7 +160,7 @@ def test_dead_relus_give_finite_zero_map():
                           nn.Flatten(), nn.Linear(4 * 12 * 12, 3)).eval()
     with torch.no_grad():
         model[0].bias.fill_(-100.0)  # every ReLU of the first layer is dead
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
     proto = from_torch(model, torch.randn(1, 3, 16, 16))
     result = Explainer(proto, method="tsgb").explain(np.random.rand(2, 3, 16, 16).astype(np.float32))
     assert np.isfinite(result.saliency).all()
@@ -169,7 +169,7 @@ def test_dead_relus_give_finite_zero_map():
 
 def test_warns_without_linear_layer():
     model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
     proto = from_torch(model, torch.randn(1, 3, 8, 8))
     with pytest.warns(TsgbWarning, match="no linear layer"):
         Explainer(proto, method="tsgb")
@@ -207,7 +207,7 @@ def test_bad_alpha_is_rejected(onnx_zoo):
 def test_target_selectivity_on_two_photos(tmp_path, monkeypatch):
     """chelsea | coffee side by side: TSGB puts each target's mass on its own photo."""
     pytest.importorskip("skimage")
-    from tsgb_onnx.demo import CAT, ESPRESSO, half_shares, lite0_onnx, two_photo_input
+    from tsgb_onnx.io.photos import CAT, ESPRESSO, half_shares, lite0_onnx, two_photo_input
 
     monkeypatch.setenv("TSGB_CACHE", str(tmp_path))
     _, x = two_photo_input()
@@ -257,8 +257,8 @@ def test_eq6_on_normalisations(op):
 def test_conv_step_shortcuts_equal_the_plain_formula(groups, m, n):
     """TSGB-Conv on a Relu output: |X| = X, and leaving sgn(X) to the Relu's mask gives the
     same signal at the Relu's input (and the shortcut alone does differ where X = 0)."""
-    from tsgb_onnx.backends import NumpyOps
-    from tsgb_onnx.geometry import Window
+    from tsgb_onnx.backends.numpy_ops import NumpyOps
+    from tsgb_onnx.ir.geometry import Window
     from tsgb_onnx.rules.tsgb import tsgb_conv_step
 
     ops = NumpyOps()

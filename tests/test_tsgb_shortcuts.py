@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 import tsgb_onnx.rules.tsgb as tsgb_rules
 from onnx_builders import evaluate, fd_vjp, make_model, node
 from tsgb_onnx import Explainer
-from tsgb_onnx.graph import build_graph
+from tsgb_onnx.ir.graph import build_graph
 
 ACTIVATIONS = {"relu": None, "relu6": (0.0, 0.5), "clip_below_zero": (-0.2, 0.5)}
 MIDDLES = ("none", "pad_reflect", "pad_zero_shared", "maxpool")

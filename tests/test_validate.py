@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tsgb_onnx import metrics as M
-from tsgb_onnx.validate import ConfigError, validate
+from tsgb_onnx.evaluation import metrics as M
+from tsgb_onnx.evaluation.validate import ConfigError, validate
 
 DATA = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data"
 RESNET = DATA / "synthetic_resnet.onnx"

@@ -67,10 +67,10 @@ def interleaved_medians(fns: dict, repeats: int) -> dict:
 def export(name: str, folder: str) -> str:
     import torch
 
-    from tsgb_onnx.export import from_torch
+    from tsgb_onnx.io.export import from_torch
 
     if name == "efficientnet_lite0":
-        from tsgb_onnx.zoo.efficientnet_lite0 import efficientnet_lite0
+        from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
         model = efficientnet_lite0(pretrained=True)
     else:
         from bench_nets import BENCH_NETS
@@ -95,7 +95,7 @@ def canonical_session(path: str):
     """Plain inference on the canonical graph the explainers are built from (constants and
     zero Pads folded: as fast as or faster than the file as exported), the baseline of every
     ratio."""
-    from tsgb_onnx.graph import build_graph
+    from tsgb_onnx.ir.graph import build_graph
 
     return cpu_session(build_graph(path).model)
 
@@ -134,7 +134,7 @@ def torch_reference(name: str, method: str, batch: int):
     from tsgb_reference import tsgb_model
 
     if name == "efficientnet_lite0":
-        from tsgb_onnx.zoo.efficientnet_lite0 import efficientnet_lite0
+        from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
         model = efficientnet_lite0(pretrained=True)
     else:
         from bench_nets import BENCH_NETS
@@ -164,17 +164,19 @@ def main_cuda(args) -> None:
     import cupy
     import onnxruntime as ort
 
-    from tsgb_onnx import Explainer, gpu
+    from tsgb_onnx import Explainer
+    from tsgb_onnx.backends import device
+    from tsgb_onnx.engine import cuda
     from tsgb_onnx.backends.cupy_ops import CupyOps
-    from tsgb_onnx.executor import run_program
+    from tsgb_onnx.engine.executor import run_program
     from tsgb_onnx.errors import RuntimeUnavailableError
 
     try:
-        gpu.check_cupy()
+        device.check_cupy()
     except RuntimeUnavailableError as exc:
         sys.exit(f"bench: error: {exc}")
     try:
-        gpu.check_onnxruntime_cuda()
+        cuda.check_onnxruntime_cuda()
         ort_cuda = True
     except RuntimeUnavailableError as exc:
         ort_cuda = False
@@ -197,13 +199,13 @@ def main_cuda(args) -> None:
             if ort_cuda:
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
-                session = ort.InferenceSession(path, options, providers=gpu.cuda_providers())
+                session = ort.InferenceSession(path, options, providers=cuda.cuda_providers())
             for method in args.methods.split(","):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     explainer = Explainer(path, method=method, backend="numpy")
                 program = explainer.program()
-                recorder = gpu.CudaForwardRecorder(explainer.graph) if ort_cuda else None
+                recorder = cuda.CudaForwardRecorder(explainer.graph) if ort_cuda else None
                 for batch in (int(b) for b in args.batches.split(",")):
                     x = np.random.default_rng(0).standard_normal(
                         (batch, 3, 224, 224)).astype(np.float32)
@@ -245,7 +247,7 @@ def main_cuda(args) -> None:
                             signal = run_program(program, ops, values, dict(cpu_shapes), seed, {})
                             return ops.to_numpy(ops.sum(ops.mul(signal, activation), 1))
                     explain = gpu_time(explain_once, args.repeats)
-                    with gpu.GpuMemoryMeter() as meter:
+                    with cuda.GpuMemoryMeter() as meter:
                         explain_once()
                     reference = torch_reference(net, method, batch)
                     if callable(reference):

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 @contextlib.contextmanager
 def _without(rule_shortcuts: bool, pad_folding: bool):
     """Turn the TSGB rule shortcuts and/or the canonical Pad folding off for a while."""
-    import tsgb_onnx.graph as graph
+    import tsgb_onnx.ir.graph as graph
     import tsgb_onnx.rules.tsgb as rules
 
     keep = (rules.sign_redundant, rules.nonnegative, rules._feeds_tsgb_conv_only,

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tsgb_onnx.evaluate import COLUMNS, Settings, evaluate  # noqa: E402
-from tsgb_onnx.methods import available_methods  # noqa: E402
+from tsgb_onnx.evaluation.evaluate import COLUMNS, Settings, evaluate  # noqa: E402
+from tsgb_onnx.methods.table import available_methods  # noqa: E402
 
 DATA = ROOT / "tsgb_onnx" / "data"
 NETS = (("VGG-style (synthetic_vgg.onnx)", "synthetic_vgg.onnx"),
@@ -88,7 +88,7 @@ def main() -> None:
             + ", ".join(f"{m} {t:g}" for m, t in thr.items() if t is not None) + ".\n\n"
             + "Where TSGB stands:\n\n" + "\n".join(verdicts(ev)) + "\n")
     if args.photos:
-        from tsgb_onnx.demo import lite0_onnx
+        from tsgb_onnx.io.photos import lite0_onnx
 
         ev = evaluate(str(lite0_onnx()), "skimage", methods, ["pointing", "deletion"],
                       settings=Settings(progress=not args.quiet, batch_size=8))

@@ -23,14 +23,14 @@ from test_gradient_nets import autograd_signal  # noqa: E402
 from tsgb_reference import tsgb_saliency  # noqa: E402
 
 from tsgb_onnx import Explainer  # noqa: E402
-from tsgb_onnx.demo import LITE0_PREP, fit_image, photo, to_tensor  # noqa: E402
+from tsgb_onnx.io.photos import LITE0_PREP, fit_image, photo, to_tensor  # noqa: E402
 
 
 def cases():
     for name, (factory, shape) in REFERENCE_NETS.items():
         x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
         yield name, factory(), x, [3, 1]
-    from tsgb_onnx.zoo.efficientnet_lite0 import efficientnet_lite0
+    from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
     x = np.concatenate([to_tensor(fit_image(photo(p), LITE0_PREP), LITE0_PREP)
                         for p in ("chelsea", "coffee")])
     yield "efficientnet_lite0", efficientnet_lite0(), x, [285, 967]

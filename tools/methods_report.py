@@ -28,10 +28,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bench import interleaved_medians  # noqa: E402
 from tsgb_onnx import Explainer, available_methods  # noqa: E402
-from tsgb_onnx.demo import (CAT, ESPRESSO, LITE0_PREP, fit_image, half_shares,  # noqa: E402
-                            lite0_onnx, photo, to_tensor, two_photo_input)
-from tsgb_onnx.metrics import spearman  # noqa: E402
-from tsgb_onnx.render import heatmap, save_png  # noqa: E402
+from tsgb_onnx.io.photos import (  # noqa: E402
+    CAT, ESPRESSO, LITE0_PREP, fit_image, half_shares, lite0_onnx, photo, to_tensor,
+    two_photo_input)
+from tsgb_onnx.evaluation.metrics import spearman  # noqa: E402
+from tsgb_onnx.io.render import heatmap, save_png  # noqa: E402
 
 # methods whose map is not the plain rule-set product (options chosen for the figure/table)
 OPTIONS = {"smoothgrad": {"n": 16}, "integrated_gradients": {"steps": 16},

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 
 from tsgb_onnx import Explainer
-from tsgb_onnx.demo import CAT, ESPRESSO, half_shares, lite0_onnx, two_photo_input
-from tsgb_onnx.render import heatmap, save_png
+from tsgb_onnx.io.photos import CAT, ESPRESSO, half_shares, lite0_onnx, two_photo_input
+from tsgb_onnx.io.render import heatmap, save_png
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tsgb_onnx import scenes
-from tsgb_onnx.export import from_torch
+from tsgb_onnx.evaluation import scenes
+from tsgb_onnx.io.export import from_torch
 
 CLASSES = len(scenes.CLASSES)
 

@@ -1,9 +1,8 @@
 """tsgb-onnx: saliency maps (TSGB and baselines) for any CNN, computed on its ONNX graph."""
 
-from .errors import (InputError, MethodError, ModelError, RuntimeUnavailableError, TargetError,
-                     TsgbError, UnsupportedOpError)
-from .explainer import Explainer, Explanation
-from .methods import available_methods
+from tsgb_onnx.errors import (InputError, MethodError, ModelError, RuntimeUnavailableError, TargetError, TsgbError, UnsupportedOpError)
+from tsgb_onnx.explainer import Explainer, Explanation
+from tsgb_onnx.methods.table import available_methods
 
 __version__ = "0.1.0"
 

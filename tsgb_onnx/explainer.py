@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError, MethodError, ModelError, TargetError
-from .executor import run_program_rows
-from .gpu import resolve_device
-from .graph import ModelLike, build_graph
-from .methods import get_method
-from .program import REFERENCE, Program, plan
+from tsgb_onnx.backends.compile import SALIENCY, SIGNAL, TARGET, compile_explainer
+from tsgb_onnx.backends.device import DeviceChoice, resolve_device
+from tsgb_onnx.engine.executor import run_program_rows
+from tsgb_onnx.engine.ops import ArrayOps
+from tsgb_onnx.engine.program import REFERENCE, Program, plan
+from tsgb_onnx.engine.record import ForwardRecorder
+from tsgb_onnx.errors import InputError, MethodError, ModelError, TargetError
+from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph
+from tsgb_onnx.methods.base import MapMethod, Method
+from tsgb_onnx.methods.result import Explanation, TargetLike, resolve_targets
+from tsgb_onnx.methods.table import get_method
 
-TargetLike = Union[None, int, Sequence[int], np.ndarray]
+__all__ = ["Explainer", "Explanation", "resolve_targets", "BACKENDS"]
+
 BACKENDS = ("auto", "compiled", "numpy")
 
 
 @dataclass
-class Explanation:
-    """Result of one explanation call (all arrays are NumPy)."""
+class _Shared:
+    """What every explainer on one model shares: graph, recorder, backend, caches."""
 
-    saliency: np.ndarray  # [B, *spatial] = sum over channels of signal * activation at `layer`
-    #                       (channels-last inputs, e.g. NHWC Keras exports, are detected);
-    #                       map methods (gradcam, fullgrad, ...): their map, at the input size
-    signal: np.ndarray | None  # backward signal at `layer`, same shape as that tensor (map
-    #                            methods: the signal their map is built from, or None)
-    logits: np.ndarray    # [B, classes]
-    target: np.ndarray    # [B] int64
-    layer: str
-    method: str
+    graph: Graph
+    recorder: ForwardRecorder
+    ops: ArrayOps
+    device: DeviceChoice
+    backend: str
+    threads: int
+    providers: Sequence | None
+    consts: dict = field(default_factory=dict)
+    subs: dict = field(default_factory=dict)
 
 
 class Explainer:
@@ -49,29 +55,24 @@ class Explainer:
 
     def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
                  output: str | None = None, threads: int | None = None, backend: str = "auto",
-                 device: str = "cpu", **options):
-        if backend not in BACKENDS:
-            raise MethodError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        self.method = get_method(method)
+                 device: str = "cpu", **options: Any):
+        self.method: Method | MapMethod = get_method(method)
         self.options = self.method.resolve_options(options)
-        self.device = resolve_device(device)  # "cuda" without a usable GPU fails here
-        if self.device.name == "cuda":
-            if backend == "compiled":
-                raise MethodError("backend='compiled' runs on the CPU provider; with "
-                                  "device='cuda' use backend='auto' (the CuPy engine)")
-            if providers is not None:
-                raise MethodError("providers= applies to device='cpu' only; device='cuda' "
-                                  "chooses the CUDA provider itself")
-            backend = "numpy"  # the engine, with CuPy as its array namespace
-        self.graph = build_graph(model, output=output)
-        self.recorder = self.device.recorder(self.graph, providers)
-        self.ops = self.device.ops()
-        self.backend = backend
-        # threads of the NumPy backward (batch slices) and of the compiled session
-        self.threads = threads if threads is not None else (os.cpu_count() or 1)
-        self._consts: dict = {}
-        self._subs: dict = {}
+        if isinstance(model, _Shared):  # a sub-explainer: same graph, recorder and caches
+            self._shared = model
+            compiled = model.backend == "compiled" and self.method.reference is not None
+            self.backend = "numpy" if compiled else model.backend  # the engine runs those
+        else:
+            self._shared = _shared(model, providers, output, threads, backend, device)
+            self.backend = self._shared.backend
         self._init_method()
+
+    # what every explainer on this model shares
+    graph = property(lambda self: self._shared.graph)
+    recorder = property(lambda self: self._shared.recorder)
+    ops = property(lambda self: self._shared.ops)
+    device = property(lambda self: self._shared.device)
+    threads = property(lambda self: self._shared.threads)
 
     def _init_method(self) -> None:
         self._programs: dict[tuple, Program] = {}
@@ -80,28 +81,31 @@ class Explainer:
             raise MethodError(
                 f"method '{self.method.name}' needs a reference forward pass, which the compiled "
                 "explainer cannot run: use backend='auto' or 'numpy'")
-        if self.method.single_pass:
+        if isinstance(self.method, Method):
             self.program()  # plan now: an unsupported op fails before anything runs
         else:
             self.sub_explainer(self.method.backward)  # its rules must cover the graph
 
-    def sub_explainer(self, method: str, **options) -> "Explainer":
+    def sub_explainer(self, method: str, **options: Any) -> Explainer:
         """An explainer for another method on the same graph and forward recorder
         (nothing is parsed again; built once per method and options)."""
+        subs = self._shared.subs
         key = (method, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
-        if key not in self._subs:
-            sub = object.__new__(Explainer)
-            sub.method = get_method(method)
-            sub.options = sub.method.resolve_options(options)
-            sub.graph, sub.recorder, sub.ops = self.graph, self.recorder, self.ops
-            sub.device = self.device
-            sub.backend = self.backend
-            if sub.method.reference is not None and self.backend == "compiled":
-                sub.backend = "numpy"
-            sub.threads, sub._consts, sub._subs = self.threads, self._consts, self._subs
-            self._subs[key] = sub
-            sub._init_method()
-        return self._subs[key]
+        if key not in subs:
+            subs[key] = Explainer(self._shared, method, **options)
+        return subs[key]
+
+    def on_model(self, model: ModelLike, method: str, **options: Any) -> Explainer:
+        """An explainer for `method` on another model with this one's device, threads and
+        logits (e.g. meta-saliency's updated weights); engine backend."""
+        cpu = self.device.name != "cuda"
+        return Explainer(model, method=method, output=self.graph.logits_name,
+                         providers=self._shared.providers if cpu else None, backend="numpy",
+                         threads=self.threads, device=self.device.name, **options)
+
+    def method_named(self, name: str) -> Method | MapMethod:
+        """The registered method called `name` (MethodError when there is none)."""
+        return get_method(name)
 
     # -- planning ------------------------------------------------------------------------
     def program(self, layer: str | None = None, taps: Sequence[str] = ()) -> Program:
@@ -120,7 +124,7 @@ class Explainer:
     def explain(self, x: np.ndarray, target: TargetLike = None,
                 layer: str | None = None) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
-        if not self.method.single_pass:
+        if isinstance(self.method, MapMethod):
             result = self.method.compute(self, self._check_input(x), target, layer, self.options)
             result.method = self.method.name
             return result
@@ -128,7 +132,7 @@ class Explainer:
         if session is not None:
             return self._explain_compiled(session, x, target, layer)
         program, logits, values, shapes = self._record(x, layer)
-        targets = self._targets(target, logits)
+        targets = self.targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activation = self._activation(values, program.layer, program.reference)
         signal = self._backward(program, values, shapes, seed)
@@ -143,11 +147,11 @@ class Explainer:
         NumPy arrays; `layers` defaults to the model input. A reference method (deeplift)
         returns the activation at `x`, not its difference from the reference.
         """
-        if not self.method.single_pass:
+        if isinstance(self.method, MapMethod):
             return self.sub_explainer(self.method.backward).signals(x, target, layers)
         layers = tuple(dict.fromkeys(layers)) or (self.graph.input_name,)
         program, logits, values, shapes = self._record(x, layers[0], layers)
-        targets = self._targets(target, logits)
+        targets = self.targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activations = {t: values[t] for t in layers}
         tapped: dict = {}
@@ -167,7 +171,8 @@ class Explainer:
                 f"broadcast to the input's {tuple(x.shape)}: give a float or a matching array"
             ) from None
 
-    def _targets(self, target: TargetLike, logits: np.ndarray) -> np.ndarray:
+    def targets(self, target: TargetLike, logits: np.ndarray) -> np.ndarray:
+        """Per-row target classes for `logits` (None: top-1; an int; one per row)."""
         if logits.ndim != 2:
             raise TargetError(
                 f"the logits '{self.graph.logits_name}' have shape {logits.shape}, not "
@@ -190,8 +195,6 @@ class Explainer:
         if layer not in self._compiled:
             self.program(layer)  # a bad layer fails here with the planner's message
             try:
-                from .convert import compile_explainer
-
                 model = compile_explainer(self.graph, self.method, self.options, layer)
                 self._compiled[layer] = self.recorder.session_for(model, self.threads)
             except ModelError:
@@ -201,8 +204,6 @@ class Explainer:
         return self._compiled[layer]
 
     def _explain_compiled(self, session, x, target, layer) -> Explanation:
-        from .convert import SALIENCY, SIGNAL, TARGET
-
         x = self._check_input(x)
         # the explainer's logits output has a static class count (read from ONNX Runtime)
         logits_meta = next(o for o in session.get_outputs() if o.name == self.graph.logits_name)
@@ -243,7 +244,7 @@ class Explainer:
     def _backward(self, program, values, shapes, seed, tapped: dict | None = None):
         # on the GPU one stream does the whole batch; on the CPU, batch slices in threads
         workers = 1 if self.device.name == "cuda" else self.threads
-        return run_program_rows(program, self.ops, values, shapes, seed, self._consts,
+        return run_program_rows(program, self.ops, values, shapes, seed, self._shared.consts,
                                 workers, tapped)
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
@@ -307,22 +308,22 @@ def _option_key(value):
     return value
 
 
-def resolve_targets(target: TargetLike, logits: np.ndarray) -> np.ndarray:
-    """Per-row target classes: None → top-1, an int → every row, a sequence → one per row."""
-    batch, classes = logits.shape
-    if target is None:
-        return np.argmax(logits, axis=1).astype(np.int64)
-    arr = np.asarray(target)
-    if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-        raise TargetError(f"target must be integer class indices, got {target!r}")
-    arr = arr.astype(np.int64)
-    if arr.ndim == 0:
-        arr = np.full(batch, int(arr), dtype=np.int64)
-    elif arr.shape != (batch,):
-        raise TargetError(f"got {arr.size} targets for a batch of {batch}: give one per row or one int")
-    bad = arr[(arr < 0) | (arr >= classes)]
-    if bad.size:
-        raise TargetError(
-            f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})"
-        )
-    return arr
+def _shared(model: ModelLike, providers: Sequence | None, output: str | None,
+            threads: int | None, backend: str, device: str) -> _Shared:
+    if backend not in BACKENDS:
+        raise MethodError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    choice = resolve_device(device)  # "cuda" without a usable GPU fails here
+    if choice.name == "cuda":
+        if backend == "compiled":
+            raise MethodError("backend='compiled' runs on the CPU provider; with "
+                              "device='cuda' use backend='auto' (the CuPy engine)")
+        if providers is not None:
+            raise MethodError("providers= applies to device='cpu' only; device='cuda' "
+                              "chooses the CUDA provider itself")
+        backend = "numpy"  # the engine, with CuPy as its array namespace
+    graph = build_graph(model, output=output)
+    return _Shared(graph=graph, recorder=choice.recorder(graph, providers), ops=choice.ops(),
+                   device=choice, backend=backend,
+                   # threads of the NumPy backward (batch slices) and of the compiled session
+                   threads=threads if threads is not None else (os.cpu_count() or 1),
+                   providers=providers)

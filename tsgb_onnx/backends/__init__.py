@@ -1,12 +1,3 @@
-"""Array backends the executor runs rules on."""
-
-from .numpy_ops import NumpyOps
-
-__all__ = ["NumpyOps", "get_ops"]
-
-
-def get_ops(name: str = "numpy"):
-    """Return the array namespace called `name` ("numpy")."""
-    if name == "numpy":
-        return NumpyOps()
-    raise ValueError(f"unknown array backend '{name}' (available: numpy)")
+"""Array backends that implement `engine.ops.ArrayOps`: NumPy (CPU), CuPy (GPU, fused kernels)
+and the ONNX emitter (`tsgb convert`); `device` picks one for an explainer, `compile` turns a
+reverse program into an explainer model with the emitter."""

@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..geometry import Window
-from .numpy_ops import EPS, NumpyOps, pad_adjoint
+from tsgb_onnx.ir.geometry import Window
+from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, pad_adjoint
 
 KERNEL_FILE = "tsgb_steps.cu"
 COLUMN_BUDGET_BYTES = 1 << 30  # im2col columns per batch chunk of the exact Conv gradient

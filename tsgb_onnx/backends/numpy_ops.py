@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..geometry import Window
+from tsgb_onnx.ir.geometry import Window
 
 EPS = 1e-10
 

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelError
-from ..geometry import Window
-from .numpy_ops import EPS, NumpyOps, pad_adjoint
+from tsgb_onnx.errors import ModelError
+from tsgb_onnx.ir.geometry import Window
+from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, pad_adjoint
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Backward rules, grouped in rule sets (one module per method family)."""
 
-from .gradient import GRADIENT
-from .registry import Rule, RuleSet
+from tsgb_onnx.rules.gradient import GRADIENT
+from tsgb_onnx.rules.registry import Rule, RuleSet
 
 __all__ = ["GRADIENT", "Rule", "RuleSet"]

@@ -17,28 +17,21 @@ Reshape, Concat, ...) the exact gradient already conserves ``X * G``.
 
 from __future__ import annotations
 
-from ..methods import Method, register_method
-from . import ebp, lrp  # noqa: F401  (registers ebp, contrastive_ebp, lrp_epsilon)
-from . import gradient as exact
-from .gradient import GRADIENT
-from .registry import RuleSet
-from .relevance import BaselineWarning
+from tsgb_onnx.rules import gradient as exact
+from tsgb_onnx.rules.gradient import GRADIENT
+from tsgb_onnx.rules.registry import RuleSet
+from tsgb_onnx.rules.relevance import BaselineWarning
 
 __all__ = ["BaselineWarning", "DECONVNET", "GUIDED"]
 
 
 def _is_rectifier_clip(node) -> bool:
     """A Clip whose lower bound is 0 (ReLU6 and the like)."""
-    lo, _ = exact._clip_bounds(node)
+    lo, _ = exact.clip_bounds(node)
     return lo is not None and lo == 0.0
 
 
 # == input x gradient ===========================================================================
-register_method(Method(
-    "input_x_gradient", GRADIENT,
-    description="input x gradient: the exact gradient rule set under an explicit name "
-                "(every saliency map is already sum_c G*X)",
-))
 
 
 # == guided backprop and deconvnet ==============================================================
@@ -85,7 +78,7 @@ def deconv_relu(ops, node, fwd, grads, opts):
 def deconv_clip(ops, node, fwd, grads, opts):
     """ReLU6-style Clip: G * (G > 0) as for Relu; other Clips: exact gradient."""
     if _is_rectifier_clip(node):
-        return [ops.maximum(grads[0], 0.0), None, None]
+        return [ops.maximum(grads[0], 0.0)]
     return exact.clip(ops, node, fwd, grads, opts)
 
 
@@ -100,16 +93,6 @@ def deconv_leaky_relu(ops, node, fwd, grads, opts):
 def deconv_prelu(ops, node, fwd, grads, opts):
     """The layer's own non-linearity applied to the signal: G if G > 0 else slope * G."""
     g = grads[0]
-    return [ops.where(ops.greater(g, 0.0), g, ops.mul(g, fwd.x(1))), None]
+    return [ops.where(ops.greater(g, 0.0), g, ops.mul(g, fwd.x(1)))]
 
 
-register_method(Method(
-    "guided_backprop", GUIDED,
-    description="guided backprop: rectifiers pass G*(X>0)*(G>0) (ReLU6 Clip alike, LeakyRelu/"
-                "PRelu: exact slope times G>0); everything else exact",
-))
-register_method(Method(
-    "deconvnet", DECONVNET,
-    description="deconvnet: rectifiers pass G*(G>0), ignoring the forward mask; everything "
-                "else exact",
-))

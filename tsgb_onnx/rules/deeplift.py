@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MethodError
-from ..methods import Method, register_method
-from .gradient import GRADIENT
-from .registry import RuleSet
+from tsgb_onnx.errors import MethodError
+from tsgb_onnx.rules.gradient import GRADIENT
+from tsgb_onnx.rules.registry import RuleSet
 
 DEEPLIFT = RuleSet("deeplift", parent=GRADIENT)
 TOLERANCE = 1e-6
@@ -58,11 +57,11 @@ for _op in RESCALED:
         DEEPLIFT.register(_op, reads=_reads_with_reference(_op))(_make_rescale(_op))
 
 
-def _baseline(x, options):
+def baseline_input(x, options):
     return options["baseline"]
 
 
-def _check(options: dict) -> None:
+def check_options(options: dict) -> None:
     baseline = options["baseline"]
     try:
         value = np.asarray(baseline, dtype=np.float32)
@@ -73,8 +72,3 @@ def _check(options: dict) -> None:
         raise MethodError("deeplift: baseline holds NaN or Inf")
 
 
-register_method(Method(
-    "deeplift", DEEPLIFT, defaults={"baseline": 0.0},
-    description="DeepLIFT (rescale rule) against a baseline input (default 0)",
-    check_options=_check, reference=_baseline,
-))

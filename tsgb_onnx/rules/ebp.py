@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import warnings
 
-from ..errors import MethodError
-from ..geometry import window_of
-from ..methods import Method, register_method
-from .gradient import GRADIENT, avgpool_adjoint
-from .registry import Rule, RuleSet
-from .relevance import BaselineWarning, exact_reads, rest, unit_rule
+from tsgb_onnx.errors import MethodError
+from tsgb_onnx.ir.geometry import window_of
+from tsgb_onnx.rules.gradient import GRADIENT, avgpool_adjoint
+from tsgb_onnx.rules.registry import Rule, RuleSet
+from tsgb_onnx.rules.relevance import BaselineWarning, exact_reads, rest, unit_rule
 
 _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"}
 
@@ -22,8 +21,8 @@ _PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Drop
 # is conserved for any input; on nonnegative inputs this is EBP exactly. Below the top layer
 # P[y] = Y * G[y]; at the top layer (the one producing the logits) P[y] = G[y], the seed.
 EBP = RuleSet("ebp", parent=GRADIENT)
-_EBP_TOP = RuleSet("ebp")
-_CEBP_TOP = RuleSet("contrastive_ebp")
+EBP_TOP = RuleSet("ebp")
+CEBP_TOP = RuleSet("contrastive_ebp")
 
 
 def _probability(ops, fwd, g, top: bool):
@@ -141,8 +140,8 @@ def _register_ebp(rule_set: RuleSet, prefix: str, top: bool, contrast: bool) -> 
 
 
 _register_ebp(EBP, "ebp", top=False, contrast=False)
-_register_ebp(_EBP_TOP, "ebp_top", top=True, contrast=False)
-_register_ebp(_CEBP_TOP, "contrastive_ebp_top", top=True, contrast=True)
+_register_ebp(EBP_TOP, "ebp_top", top=True, contrast=False)
+_register_ebp(CEBP_TOP, "contrastive_ebp_top", top=True, contrast=True)
 
 
 @EBP.register(["Add", "Sum"], reads=("x*", "x*.shape", "y0"))
@@ -220,7 +219,7 @@ def top_layer(graph):
     return None, path
 
 
-def _ebp_chooser(top_rules: RuleSet):
+def top_layer_chooser(top_rules: RuleSet):
     def choose(method, node, graph, options) -> Rule | None:
         top, path = top_layer(graph)
         if node.name in path:
@@ -233,7 +232,7 @@ def _ebp_chooser(top_rules: RuleSet):
     return choose
 
 
-def _ebp_prepare(graph, options) -> None:
+def prepare_ebp(graph, options) -> None:
     if top_layer(graph)[0] is None:
         warnings.warn(
             "ebp: the logits are not produced by a Gemm/MatMul/Conv/pooling layer, so the top "
@@ -241,7 +240,7 @@ def _ebp_prepare(graph, options) -> None:
             BaselineWarning, stacklevel=4)
 
 
-def _cebp_prepare(graph, options) -> None:
+def prepare_contrastive_ebp(graph, options) -> None:
     top = top_layer(graph)[0]
     if top is None or top.op_type not in ("Gemm", "MatMul", "Conv"):
         raise MethodError(
@@ -249,13 +248,3 @@ def _cebp_prepare(graph, options) -> None:
             "with constant weights) to build the dual unit; use method 'ebp' for this model")
 
 
-register_method(Method(
-    "ebp", EBP, chooser=_ebp_chooser(_EBP_TOP), prepare=_ebp_prepare,
-    description="Excitation Backprop: marginal winning probability through W+ "
-                "(signed inputs by magnitude)",
-))
-register_method(Method(
-    "contrastive_ebp", EBP, chooser=_ebp_chooser(_CEBP_TOP), prepare=_cebp_prepare,
-    description="contrastive Excitation Backprop: target MWP minus the MWP of the dual "
-                "unit with negated top-layer weights",
-))

@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-from ..errors import ModelError
-from ..geometry import window_of
-from .registry import RuleSet
+from tsgb_onnx.errors import ModelError
+from tsgb_onnx.ir.geometry import window_of
+from tsgb_onnx.rules.registry import RuleSet
 
 GRADIENT = RuleSet("gradient")
 register = GRADIENT.register
@@ -38,7 +38,7 @@ def _first(grads):
 # -- pass-through --------------------------------------------------------------------------
 @register(["Identity", "Dropout"])
 def identity(ops, node, fwd, grads, opts):
-    return [_first(grads)] + [None] * (len(node.inputs) - 1)
+    return [_first(grads)]
 
 
 @register("Cast")
@@ -48,7 +48,7 @@ def cast(ops, node, fwd, grads, opts):
 
 @register(["Flatten", "Reshape", "Squeeze", "Unsqueeze"], reads=("x0.shape",))
 def reshape(ops, node, fwd, grads, opts):
-    return [ops.reshape(_first(grads), fwd.x_shape(0))] + [None] * (len(node.inputs) - 1)
+    return [ops.reshape(_first(grads), fwd.x_shape(0))]
 
 
 @register("Transpose")
@@ -67,7 +67,7 @@ def relu(ops, node, fwd, grads, opts):
     return [ops.mask(_first(grads), ops.greater(fwd.y(0), 0))]
 
 
-def _clip_bounds(node):
+def clip_bounds(node):
     if node.opset < 11:
         return node.attr("min"), node.attr("max")
     lo, hi = node.const(1), node.const(2)
@@ -78,7 +78,7 @@ def _clip_bounds(node):
 
 @register("Clip", reads=("y0",))
 def clip(ops, node, fwd, grads, opts):
-    lo, hi = _clip_bounds(node)
+    lo, hi = clip_bounds(node)
     y = fwd.y(0)
     cond = None
     if lo is not None:
@@ -87,7 +87,7 @@ def clip(ops, node, fwd, grads, opts):
         upper = ops.less(y, hi)
         cond = upper if cond is None else ops.logical_and(cond, upper)
     g = _first(grads)
-    return [g if cond is None else ops.mask(g, cond), None, None]
+    return [g if cond is None else ops.mask(g, cond)]
 
 
 @register("LeakyRelu", reads=("x0",))
@@ -301,7 +301,7 @@ def conv(ops, node, fwd, grads, opts):
     w = fwd.x(1)
     win = window_of(node, x_shape[2:], kernel=ops.shape(w)[2:])
     gx = ops.conv_input_grad(_first(grads), w, x_shape, win, node.attr("group", 1))
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]
 
 
 # -- normalisation ---------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def batch_norm(ops, node, fwd, grads, opts):
     eps = node.attr("epsilon", 1e-5)
     factor = (scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
     factor = ops.asarray(factor.reshape(_channel_shape(ops.ndim(g), factor.size)))
-    return [ops.mul(g, factor)] + [None] * (len(node.inputs) - 1)
+    return [ops.mul(g, factor)]
 
 
 @register("InstanceNormalization", reads=("x0",))
@@ -334,7 +334,7 @@ def instance_norm(ops, node, fwd, grads, opts):
     mean_g = ops.div(ops.sum(g, axis=axes, keepdims=True), n)
     mean_gx = ops.div(ops.sum(ops.mul(g, xhat), axis=axes, keepdims=True), n)
     gx = ops.mul(ops.mul(scale, inv_std), ops.sub(ops.sub(g, mean_g), ops.mul(xhat, mean_gx)))
-    return [gx, None, None]
+    return [gx]
 
 
 def _count(shape, axes) -> float:
@@ -408,7 +408,7 @@ def reduce_mean(ops, node, fwd, grads, opts):
     g = ops.reshape(g, kept)
     if node.op_type == "ReduceMean":
         g = ops.div(g, float(math.prod(x_shape[a] for a in axes)) if axes else 1.0)
-    return [ops.expand_to(g, x_shape)] + [None] * (len(node.inputs) - 1)
+    return [ops.expand_to(g, x_shape)]
 
 
 # -- tensor plumbing -------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def split(ops, node, fwd, grads, opts):
             shape[axis] = size
             g = ops.zeros(shape)
         parts.append(g)
-    return [ops.concat(parts, axis)] + [None] * (len(node.inputs) - 1)
+    return [ops.concat(parts, axis)]
 
 
 def slice_index(node, x_shape) -> tuple:
@@ -478,7 +478,7 @@ def slice_index(node, x_shape) -> tuple:
 def slice_(ops, node, fwd, grads, opts):
     x_shape = fwd.x_shape(0)
     gx = ops.scatter_slices(_first(grads), x_shape, slice_index(node, x_shape))
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]
 
 
 def pad_amounts(node, rank: int) -> list[int]:
@@ -502,4 +502,4 @@ def pad(ops, node, fwd, grads, opts):
     x_shape = fwd.x_shape(0)
     mode = node.attr("mode", "constant")
     gx = ops.pad_input_grad(_first(grads), x_shape, pad_amounts(node, len(x_shape)), mode)
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]

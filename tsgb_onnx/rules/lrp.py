@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MethodError
-from ..methods import Method, register_method
-from .ebp import has_const_weights
-from .gradient import GRADIENT
-from .registry import Rule, RuleSet
-from .relevance import SPEC_EPS, reads_plus, unit_rule
+from tsgb_onnx.errors import MethodError
+from tsgb_onnx.rules.ebp import has_const_weights
+from tsgb_onnx.rules.gradient import GRADIENT
+from tsgb_onnx.rules.registry import Rule, RuleSet
+from tsgb_onnx.rules.relevance import SPEC_EPS, reads_plus, unit_rule
 
 
 # On a linear map y = f(x) (bias included in y), LRP-ε gives
@@ -50,7 +49,7 @@ def _feeds_bias_add(node, graph) -> bool:
             and node.outputs[0] not in outputs)
 
 
-def _lrp_choose(method, node, graph, options) -> Rule | None:
+def choose_rule(method, node, graph, options) -> Rule | None:
     if node.op_type in ("Gemm", "MatMul"):
         if not has_const_weights(node) or (node.op_type == "MatMul"
                                             and _feeds_bias_add(node, graph)):
@@ -60,16 +59,10 @@ def _lrp_choose(method, node, graph, options) -> Rule | None:
     return None
 
 
-def _lrp_check(options: dict) -> None:
+def check_options(options: dict) -> None:
     epsilon = options["epsilon"]
     if (isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating))
             or not np.isfinite(epsilon) or epsilon < 0):
         raise MethodError(f"lrp_epsilon: epsilon must be a finite number >= 0, got {epsilon!r}")
 
 
-register_method(Method(
-    "lrp_epsilon", LRP, defaults={"epsilon": 1e-6}, chooser=_lrp_choose,
-    check_options=_lrp_check,
-    description="LRP-epsilon: z = Wx + b stabilised by epsilon*sign(z) on Conv, Gemm, "
-                "MatMul(+bias), BatchNormalization, pooling and Add; MaxPool winner-take-all",
-))

@@ -1,40 +1,17 @@
-"""Rule registry: one place to look up the backward rule for (rule set, op type).
+"""Rule sets: one place to look up the backward rule for (rule set, op type).
 
-A rule is a function ``fn(ops, node, fwd, grads, opts) -> list`` written only against
-the array namespace `ops` (see `tsgb_onnx.backends`):
-
-* ``node``  the `Node` (attributes, constant inputs, static shapes);
-* ``fwd``   the recorded forward tensors it declared in ``reads``;
-* ``grads`` one incoming signal per node output (None where no signal arrives);
-* ``opts``  the method's options (e.g. ``alpha``);
-
-and returns one signal per node input (None for inputs that get none).
-``reads`` names the forward tensors the rule needs: ``"x0"`` input 0, ``"y0"`` output 0,
-``"x0.shape"`` only the shape of input 0, ``"x*"`` / ``"x*.shape"`` every input,
-``"@name"`` another tensor of the graph (read with ``fwd.tensor(name)``).
-Constant inputs never need recording: rules get them from ``node.const(i)``.
+A rule is a function ``fn(ops, node, fwd, grads, opts)`` written only against the backend
+contract `engine.ops.ArrayOps` (its signature: `engine.ops.RuleFn`); it returns signals for
+the inputs it differentiates. ``reads`` names the forward tensors it needs (see
+`engine.rule`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-RuleFn = Callable[..., list]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A backward rule and the forward tensors it reads."""
-
-    fn: RuleFn
-    reads: tuple[str, ...] | Callable[[Any], tuple[str, ...]]
-    op_type: str
-    rule_set: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.rule_set}.{self.fn.__name__}"
+from tsgb_onnx.engine.ops import RuleFn
+from tsgb_onnx.engine.rule import Rule
 
 
 class RuleSet:

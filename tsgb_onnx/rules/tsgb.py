@@ -15,12 +15,11 @@ import warnings
 
 import numpy as np
 
-from ..errors import MethodError
-from ..geometry import window_of
-from ..methods import Method, register_method
-from .gradient import GRADIENT, _clip_bounds, avgpool_adjoint, pad_amounts
-from .gradient import clip as exact_clip
-from .registry import RuleSet, opt
+from tsgb_onnx.errors import MethodError
+from tsgb_onnx.ir.geometry import window_of
+from tsgb_onnx.rules.gradient import GRADIENT, clip_bounds, avgpool_adjoint, pad_amounts
+from tsgb_onnx.rules.gradient import clip as exact_clip
+from tsgb_onnx.rules.registry import RuleSet, opt
 
 TSGB = RuleSet("tsgb", parent=GRADIENT)
 register = TSGB.register
@@ -69,7 +68,7 @@ def rectified_by(graph, tensor: str) -> bool:
     if node.op_type == "Relu":
         return True
     if node.op_type == "Clip":
-        lo, _ = _clip_bounds(node)
+        lo, _ = clip_bounds(node)
         return lo is not None and float(lo) >= 0
     return False
 
@@ -147,10 +146,10 @@ def tsgb_clip(ops, node, fwd, grads, opts):
     A this Clip's output and a lower bound of 0 (ReLU6), the lower mask is redundant: A is 0
     wherever it would zero G. Only the upper mask (A < max) is applied then."""
     g = grads[0]
-    lo, hi = _clip_bounds(node)
+    lo, hi = clip_bounds(node)
     if (g is not None and (lo is None or lo == 0.0) and _feeds_tsgb_conv_only(node)
             and not fwd.exposed(0)):
-        return [g if hi is None else ops.mask_below(g, fwd.y(0), hi), None, None]
+        return [g if hi is None else ops.mask_below(g, fwd.y(0), hi)]
     return exact_clip(ops, node, fwd, grads, opts)
 
 
@@ -177,7 +176,7 @@ def tsgb_conv(ops, node, fwd, grads, opts):
         gx = tsgb_conv_step(ops, x, y, g, win, groups,
                             nonnegative_x=nonnegative(graph, source),
                             sign_from_producer=sign_redundant(graph, source, fwd.caller_reads))
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]
 
 
 def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
@@ -228,7 +227,7 @@ def tsgb_normalization(ops, node, fwd, grads, opts):
         gx = fused(grads[0], fwd.y(0), fwd.x(0))
     else:
         gx = ops.mul(grads[0], ops.div_stab(fwd.y(0), fwd.x(0)))
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]
 
 
 @register("AveragePool", reads=("x0", "y0"))
@@ -261,7 +260,7 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
                    bool(opt(opts, "reference_compat", False)))
         if node.op_type == "Gemm" and node.attr("transA", 0):
             gx = ops.swap_last(gx)
-        return [gx] + [None] * (len(node.inputs) - 1)
+        return [gx]
     w_pos, w_neg = ops.maximum(w, 0.0), ops.minimum(w, 0.0)
     positive = ops.matmul(x, w_pos)
     if opt(opts, "reference_compat", False):
@@ -273,7 +272,7 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
                  ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
     if node.op_type == "Gemm" and node.attr("transA", 0):
         gx = ops.swap_last(gx)
-    return [gx] + [None] * (len(node.inputs) - 1)
+    return [gx]
 
 
 _FC_RULES = RuleSet("tsgb")
@@ -296,7 +295,7 @@ def final_linear_node(graph):
     return None
 
 
-def _choose(method, node, graph, options):
+def choose_final_fc(method, node, graph, options):
     if node.op_type in ("Gemm", "MatMul"):
         final = final_linear_node(graph)
         if final is not None and final.name == node.name:
@@ -304,7 +303,7 @@ def _choose(method, node, graph, options):
     return None
 
 
-def _prepare(graph, options) -> None:
+def warn_without_final_linear(graph, options) -> None:
     if final_linear_node(graph) is None:
         warnings.warn(
             "tsgb: no linear layer (Gemm/MatMul with constant weights) produces the logits, "
@@ -313,14 +312,9 @@ def _prepare(graph, options) -> None:
         )
 
 
-def _check(options: dict) -> None:
+def check_options(options: dict) -> None:
     alpha = options["alpha"]
     if not isinstance(alpha, (int, float, np.floating)) or not np.isfinite(alpha) or alpha < 0:
         raise MethodError(f"tsgb: alpha must be a finite number >= 0, got {alpha!r}")
 
 
-register_method(Method(
-    "tsgb", TSGB, defaults={"alpha": 1.0, "reference_compat": False},
-    description="Target-Selective Gradient Backprop (TSGB-FC + TSGB-Conv)",
-    chooser=_choose, check_options=_check, prepare=_prepare,
-))

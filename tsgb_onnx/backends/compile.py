@@ -1,0 +1,302 @@
+"""The compiler behind `tsgb convert`: a method's reverse program as a self-contained ONNX
+explainer (the public entry points are `tsgb_onnx.convert.convert` / `convert_vjp`).
+
+The reverse program is data, so the array executor can run it with the ONNX namespace
+(`backends.onnx_ops.OnnxOps`): every rule appends standard ONNX nodes instead of computing.
+The nodes are appended to the (canonicalised) model itself, so the explainer runs in any
+ONNX runtime with no tsgb_onnx code on the path:
+
+    inputs:  the model input, and optional int64 `target` [B] or [1] (< 0 or not fed: top-1)
+    outputs: the model's own outputs, `saliency` [B, *spatial], and `signal` (keep_signal)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from tsgb_onnx.backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
+from tsgb_onnx.errors import MethodError, ModelError, TsgbError
+from tsgb_onnx.engine.executor import run_program
+from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, load_model
+from tsgb_onnx.engine.rule import RuleSource
+from tsgb_onnx.engine.program import Program, plan
+from tsgb_onnx.engine.record import ForwardRecorder
+
+EXPLAINER_KEY = "tsgb_onnx.explainer"
+TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
+MIN_OPSET = 13  # the emitter writes opset-13 forms (ReduceSum/Split/Unsqueeze axes as inputs)
+
+
+class ConvertWarning(UserWarning):
+    """Notices from `convert` (e.g. the model's opset was upgraded)."""
+
+
+def compile_explainer(graph: Graph, method: RuleSource, options: dict, layer: str | None
+                      ) -> onnx.ModelProto:
+    """The explainer model `Explainer` runs: outputs `saliency`, `signal` and the logits."""
+    return compile_model(graph, method, options, layer, graph.logits_name, keep_signal=True,
+                         seed_input=False, expose_logits=True)
+
+
+@dataclass
+class _Emitted:
+    builder: GraphBuilder
+    outputs: list[tuple[Sym, str]]  # (handle, output name)
+    program: Program
+    logits_shape: tuple             # with Batch(k) dimensions
+
+
+def compile_model(model: ModelLike | Graph, method: RuleSource, options: dict,
+                  layer: str | None, output: str | None, keep_signal: bool, seed_input: bool,
+                  expose_logits: bool = False) -> onnx.ModelProto:
+    """Emit `method`'s reverse program (options already resolved) into the model."""
+    if method.needs_reference:
+        raise MethodError(
+            f"method '{method.name}' needs a second (reference) forward pass, which a compiled "
+            "explainer does not hold: explain with it through Explainer or tsgb explain instead")
+    if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
+        graph, proto = model, model.model
+    else:
+        proto = load_model(model)
+        _refuse_explainer(proto)
+        graph = build_graph(proto, output=output)
+    original_opset = graph.opset
+    needed = max(graph.opset, MIN_OPSET)
+    while True:
+        if needed > graph.opset:
+            graph = _upgraded(proto, needed, output, original_opset)
+        emitted = _emit(graph, method, options, layer, keep_signal, seed_input)
+        if emitted.builder.required_opset <= graph.opset:
+            break
+        needed = emitted.builder.required_opset
+    if graph.opset != original_opset:
+        warnings.warn(
+            f"convert: the model was upgraded from opset {original_opset} to {graph.opset}, "
+            "the lowest that expresses its backward in standard ONNX ops "
+            "(MaxPool's backward needs ScatterElements with reduction='add', opset 16)",
+            ConvertWarning, stacklevel=3)
+    return _assemble(graph, emitted, method, options, seed_input, original_opset, expose_logits)
+
+
+def _refuse_explainer(proto: onnx.ModelProto) -> None:
+    for prop in proto.metadata_props:
+        if prop.key == EXPLAINER_KEY:
+            raise ModelError(
+                f"this model is already an explainer (made by tsgb convert, method "
+                f"'{prop.value}'): convert the original model instead")
+
+
+def _upgraded(proto, opset: int, output, original: int) -> Graph:
+    try:
+        upgraded = onnx.version_converter.convert_version(proto, opset)
+    except Exception as exc:
+        raise ModelError(
+            f"the explainer needs opset {opset} but the model is opset {original} and ONNX's "
+            f"version converter failed ({str(exc).splitlines()[0] if str(exc) else exc}): "
+            f"re-export the model with opset >= {opset}") from None
+    return build_graph(upgraded, output=output)
+
+
+# -- shapes ---------------------------------------------------------------------------------
+def runtime_shapes(graph: Graph, tensors) -> dict[str, tuple]:
+    """Shapes of `tensors`, with dimensions proportional to the batch as `Batch(k)`.
+
+    Read from ONNX Runtime at two batch sizes (1 and 2) when the batch is dynamic: a
+    dimension that doubles is k × B, one that stays is static.
+    """
+    shape = graph.input_shape
+    if shape is None:
+        raise ModelError(f"the model input '{graph.input_name}' has no declared shape")
+    for axis, d in enumerate(shape[1:], start=1):
+        if not (isinstance(d, int) and d > 0):
+            raise ModelError(
+                f"the model input '{graph.input_name}' has a dynamic size on axis {axis} "
+                f"({d!r}); an explainer model needs fixed sizes except the batch: "
+                "export the model with a fixed input size")
+    dynamic = not (isinstance(shape[0], int) and shape[0] > 0)
+    batches = (1, 2) if dynamic else (shape[0],)
+    names = tuple(dict.fromkeys(tensors))
+    # graph optimisations off: ONNX Runtime would fold Shape nodes from the inferred shapes,
+    # which can differ from what its kernels return (e.g. MaxPool SAME_UPPER with dilations)
+    recorder = ForwardRecorder(graph, optimize=False)
+    seen = [recorder.run(np.zeros((b,) + tuple(shape[1:]), dtype=np.float32), (), names)[2]
+            for b in batches]
+    if not dynamic:
+        return seen[0]
+    out = {}
+    for name in names:
+        one, two = seen[0][name], seen[1][name]
+        dims = []
+        for a, b in zip(one, two):
+            if a == b:
+                dims.append(int(a))
+            elif b == 2 * a:
+                dims.append(Batch(int(a)))
+            else:
+                raise ModelError(f"tensor '{name}' changes shape with the batch size in a way "
+                                 f"the explainer cannot express ({one} at batch 1, {two} at 2)")
+        out[name] = tuple(dims)
+    return out
+
+
+# -- emission ---------------------------------------------------------------------------------
+class _ConstantHandles(dict):
+    """The model's initializers as constant handles that keep their names (no copies)."""
+
+    def __init__(self, graph: Graph, ops: OnnxOps):
+        super().__init__()
+        self._graph, self._ops = graph, ops
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self._graph.constants
+
+    def __missing__(self, name):
+        value = self._graph.constants[name]
+        handle = self._ops.const(value, value.dtype, name=name)
+        self[name] = handle
+        return handle
+
+
+def _taken_names(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    names = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+    for n in g.node:
+        names.update(n.input)
+        names.update(n.output)
+        names.add(n.name)
+    return names
+
+
+def _emit(graph: Graph, method: RuleSource, options: dict, layer, keep_signal, seed_input) -> _Emitted:
+    program = plan(graph, method, options, layer)
+    shapes = runtime_shapes(graph, (graph.logits_name, program.layer) + program.record
+                            + program.record_shapes)
+    taken = _taken_names(graph.model)
+    wanted = [SEED] if seed_input else [TARGET, SALIENCY] + ([SIGNAL] if keep_signal else [])
+    clash = [n for n in wanted if n in taken]
+    if clash:
+        raise ModelError(
+            f"the model already has a tensor named '{clash[0]}': is it an explainer made by "
+            "tsgb convert? Convert the original model")
+    builder = GraphBuilder(graph.opset, taken | set(wanted))
+    ops = OnnxOps(builder, batch_source=graph.input_name)
+
+    def forward(name: str) -> Sym:
+        handle = Sym(name, shapes[name], _np_dtype(graph, name))
+        return ops.asarray(handle)  # a Cast when the model computes in another float type
+
+    values = {t: forward(t) for t in program.record}
+    shape_reads = {t: shapes[t] for t in program.record_shapes}
+    logits = forward(graph.logits_name)
+    if not seed_input and len(logits.shape) != 2:
+        raise ModelError(
+            f"the logits '{graph.logits_name}' have shape {logits.shape}, not [batch, classes]: "
+            "choose the classifier output with output=NAME (CLI: --output NAME)")
+    if seed_input:
+        seed = Sym(SEED, logits.shape, np.float32)
+        valid = None
+    else:
+        seed, valid = _target_seed(ops, builder, logits)
+    activation = values.get(program.layer) or forward(program.layer)
+    signal = run_program(program, ops, values, shape_reads, seed, _ConstantHandles(graph, ops))
+    if seed_input:
+        return _Emitted(builder, [(_materialize(ops, signal), SIGNAL)], program, logits.shape)
+    rank = len(activation.shape)
+    product = ops.mul(signal, activation)
+    saliency = ops.sum(product, axis=graph.channel_axis(program.layer)) if rank > 1 else product
+    saliency = _materialize(ops, saliency)
+    mask = ops.reshape(valid, (valid.shape[0],) + (1,) * (len(saliency.shape) - 1))
+    saliency = ops.where(mask, saliency, float("nan"))
+    outputs = [(saliency, SALIENCY)]
+    if keep_signal:
+        outputs.append((_materialize(ops, signal), SIGNAL))
+    return _Emitted(builder, outputs, program, logits.shape)
+
+
+def _np_dtype(graph: Graph, name: str):
+    return helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, TensorProto.FLOAT))
+
+
+def _materialize(ops: OnnxOps, handle: Sym) -> Sym:
+    """A constant result (e.g. no path to the layer) as a batch-sized tensor."""
+    if not handle.is_const:
+        return handle
+    return ops.add(ops.zeros(handle.shape), handle)
+
+
+def _target_seed(ops: OnnxOps, builder: GraphBuilder, logits: Sym):
+    """One-hot seed from the optional `target` input (< 0: the row's top-1 class)."""
+    batch, classes = logits.shape[0], int(logits.shape[1])
+    (top1,) = builder.node("ArgMax", [logits.name], axis=1, keepdims=0)
+    target = Sym(TARGET, (1,), np.int64)
+    chosen = ops._emit("Where", [ops.less(target, ops.const(np.int64(0))),
+                                 Sym(top1, (batch,), np.int64), target], (batch,), np.int64)
+    column = ops.reshape(chosen, (batch, 1))
+    classes_row = ops.const(np.arange(classes, dtype=np.int64).reshape(1, classes))
+    hit = ops._emit("Equal", [column, classes_row], (batch, classes), np.bool_)
+    seed = ops.asarray(hit, np.float32)
+    valid = ops.less(chosen, ops.const(np.int64(classes)))
+    return seed, valid
+
+
+def _dim(d, batch_name):
+    if isinstance(d, Batch):
+        return batch_name if d.k == 1 else None
+    return int(d)
+
+
+def _assemble(graph: Graph, emitted: _Emitted, method: RuleSource, options: dict, seed_input: bool,
+              original_opset: int, expose_logits: bool = False) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    g = model.graph
+    builder = emitted.builder
+    for handle, name in emitted.outputs:
+        builder.node("Identity", [handle.name], [name])
+    g.node.extend(builder.nodes)
+    g.initializer.extend(builder.initializers)
+    batch = graph.input_shape[0]
+    batch_name = batch if isinstance(batch, str) else None
+    logits_shape = [_dim(d, batch_name) for d in emitted.logits_shape]
+    if seed_input:
+        g.input.append(helper.make_tensor_value_info(SEED, TensorProto.FLOAT, logits_shape))
+    else:
+        # an initializer with an input's name is that input's default: [-1] = top-1 for all
+        g.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
+        g.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), TARGET))
+    for handle, name in emitted.outputs:
+        g.output.append(helper.make_tensor_value_info(
+            name, TensorProto.FLOAT, [_dim(d, batch_name) for d in handle.shape]))
+    if expose_logits and graph.logits_name not in {o.name for o in g.output}:
+        g.output.append(helper.make_tensor_value_info(
+            graph.logits_name, graph.dtypes.get(graph.logits_name, TensorProto.FLOAT),
+            logits_shape))
+    if graph.opset != original_opset:
+        _set_opset(model, graph.opset)
+    if not seed_input:
+        meta = {EXPLAINER_KEY: method.name, "tsgb_onnx.layer": emitted.program.layer,
+                "tsgb_onnx.options": json.dumps(options, sort_keys=True)}
+        if graph.opset != original_opset:
+            meta["tsgb_onnx.opset_upgraded_from"] = str(original_opset)
+        for key, value in meta.items():
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise TsgbError(f"the emitted explainer fails the ONNX checker: "
+                        f"{str(exc).strip().splitlines()[0]}") from exc
+    return model
+
+
+def _set_opset(model: onnx.ModelProto, opset: int) -> None:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    needed = helper.find_min_ir_version_for(list(model.opset_import))
+    model.ir_version = max(model.ir_version, needed)

@@ -1,0 +1,1 @@
+"""The `tsgb` command line, one module per command (`main` assembles them)."""

@@ -1,0 +1,1 @@
+"""Reverse programs: the backend contract, planner, executor and forward recorders."""

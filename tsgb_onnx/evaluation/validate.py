@@ -1,0 +1,284 @@
+"""Deployment validation: evaluate a model against thresholds; JSON, JUnit XML and HTML reports.
+
+`validate(config)` takes a TOML file (or the same structure as a dict; format in
+docs/evaluation.md), runs `tsgb_onnx.evaluate.evaluate` and checks every threshold for every
+method. The CLI (`tsgb validate CONFIG.toml`) exits 0 when every check passes, 1 when one
+fails, 2 when the validation could not run (missing file, malformed config, a method that
+cannot explain the model).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tsgb_onnx.errors import InputError
+from tsgb_onnx.evaluation.evaluate import METRICS, Evaluation, Settings, evaluate
+
+# threshold key -> (metric that computes it, direction of "better")
+CHECKS = {"pointing": ("pointing", "higher"), "loc_error": ("localization", "lower"),
+          "deletion": ("deletion", "lower"), "insertion": ("insertion", "higher"),
+          "class_sensitivity": ("class_sensitivity", "lower"),
+          "sanity_cascading": ("sanity", "lower"), "sanity_independent": ("sanity", "lower"),
+          "images_per_s": (None, "higher"), "nan_maps": (None, "lower")}
+SETTINGS_KEYS = {"batch_size", "predict_batch", "step", "score", "tolerance", "component",
+                 "sanity_samples", "seed", "backend"}
+
+
+class ConfigError(InputError):
+    """The validation config is missing, malformed or inconsistent."""
+
+
+@dataclass
+class Check:
+    name: str           # "<method>.<metric>"
+    method: str
+    metric: str
+    value: float | None
+    bound: str          # "min" or "max"
+    threshold: float
+    passed: bool
+
+    @property
+    def message(self) -> str:
+        op = ">=" if self.bound == "min" else "<="
+        shown = "not computed" if self.value is None else f"{self.value:.6g}"
+        return f"{self.name} = {shown}, required {op} {self.threshold:g}"
+
+
+@dataclass
+class ValidationReport:
+    checks: list[Check]
+    evaluation: Evaluation
+    files: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed,
+                "checks": [{"name": c.name, "method": c.method, "metric": c.metric,
+                            "value": c.value, "bound": c.bound, "threshold": c.threshold,
+                            "passed": c.passed} for c in self.checks],
+                "evaluation": self.evaluation.to_dict(), "files": self.files}
+
+
+# --------------------------------------------------------------------------- config
+def load_config(config) -> tuple[dict, Path]:
+    """(config dict, folder that relative paths refer to)."""
+    if isinstance(config, dict):
+        return config, Path.cwd()
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text()), path.parent
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config '{path}' is not valid TOML: {exc}") from None
+
+
+def _table(cfg: dict, key: str, required: bool = False) -> dict:
+    value = cfg.get(key, {} if not required else None)
+    if value is None:
+        raise ConfigError(f"config has no [{key}] table")
+    if not isinstance(value, dict):
+        raise ConfigError(f"config [{key}] must be a table, got {type(value).__name__}")
+    return value
+
+
+def _threshold(key: str, spec, where: str) -> tuple[str, float]:
+    if key not in CHECKS:
+        raise ConfigError(f"{where}: unknown threshold '{key}'; known: {', '.join(CHECKS)}")
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, dict)):
+        raise ConfigError(f"{where}.{key}: give a number or {{ min = ... }} / {{ max = ... }}")
+    if isinstance(spec, dict):
+        if len(spec) != 1 or next(iter(spec)) not in ("min", "max"):
+            raise ConfigError(f"{where}.{key}: give exactly one of min or max, got {spec}")
+        bound, value = next(iter(spec.items()))
+    else:
+        bound, value = ("min" if CHECKS[key][1] == "higher" else "max"), spec
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}.{key}: threshold must be a number, got {value!r}")
+    return bound, float(value)
+
+
+def parse_thresholds(table: dict, methods: list[str]) -> dict:
+    """{method: {metric: (bound, value)}}; method-named sub-tables override the global ones."""
+    common, per_method = {}, {}
+    for key, spec in table.items():
+        if key in methods and isinstance(spec, dict) and not set(spec) <= {"min", "max"}:
+            per_method[key] = {k: _threshold(k, v, f"[thresholds.{key}]") for k, v in spec.items()}
+        else:
+            common[key] = _threshold(key, spec, "[thresholds]")
+    common.setdefault("nan_maps", ("max", 0.0))  # no NaN, always
+    return {m: {**common, **per_method.get(m, {})} for m in methods}
+
+
+def _resolve(base: Path, text: str) -> str:
+    if text in ("skimage",) or text.startswith("synthetic"):
+        return text
+    path = Path(text)
+    return str(path if path.is_absolute() else base / path)
+
+
+# --------------------------------------------------------------------------- run
+def validate(config, out_dir: str | Path | None = None, progress: bool = False) -> ValidationReport:
+    """Run the validation a config describes; write report.json, junit.xml and report.html.
+
+    Raises a `TsgbError` when it cannot run (the CLI's exit code 2).
+    """
+    from tsgb_onnx.evaluation.evaluate import parse_methods, parse_metrics
+
+    cfg, base = load_config(config)
+    model_t, data_t = _table(cfg, "model", True), _table(cfg, "data", True)
+    ev_t, out_t = _table(cfg, "evaluation"), _table(cfg, "output")
+    if not isinstance(model_t.get("path"), str):
+        raise ConfigError("config [model] needs path = \"MODEL.onnx\"")
+    if not isinstance(data_t.get("path"), str):
+        raise ConfigError("config [data] needs path = \"manifest.json\" (or a folder, 'synthetic', 'skimage')")
+    model = _resolve(base, model_t["path"])
+    if not Path(model).is_file():
+        raise ConfigError(f"model file '{model}' (config [model] path) does not exist")
+    methods = parse_methods(ev_t.get("methods", ["tsgb"]))
+    thresholds = parse_thresholds(_table(cfg, "thresholds"), methods)
+    needed = {CHECKS[k][0] for t in thresholds.values() for k in t if CHECKS[k][0]}
+    metrics = parse_metrics(ev_t["metrics"]) if "metrics" in ev_t else \
+        tuple(m for m in METRICS if m in needed)
+    missing = sorted(needed - set(metrics))
+    if missing:
+        raise ConfigError(f"thresholds need metric(s) {', '.join(missing)} that [evaluation] "
+                          "metrics leaves out")
+    unknown = sorted(set(ev_t) - SETTINGS_KEYS - {"methods", "metrics"})
+    if unknown:
+        raise ConfigError(f"[evaluation] has unknown key '{unknown[0]}'; known: "
+                          f"methods, metrics, {', '.join(sorted(SETTINGS_KEYS))}")
+    settings = Settings(progress=progress, **{k: ev_t[k] for k in SETTINGS_KEYS if k in ev_t})
+    options = _table(cfg, "options")
+    evaluation = evaluate(model, _resolve(base, data_t["path"]), methods, metrics, options,
+                          settings, output=model_t.get("output"), strict=True)
+    checks = _checks(evaluation, thresholds)
+    out = Path(out_dir) if out_dir is not None else Path(_resolve(base, out_t.get("dir", "validation")))
+    out.mkdir(parents=True, exist_ok=True)
+    report = ValidationReport(checks, evaluation)
+    report.files = {"json": str(out / "report.json"), "junit": str(out / "junit.xml"),
+                    "html": str(out / "report.html")}
+    Path(report.files["json"]).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_junit(report, report.files["junit"])
+    write_html(report, report.files["html"], worst=int(out_t.get("worst", 4)))
+    return report
+
+
+def _checks(evaluation: Evaluation, thresholds: dict) -> list[Check]:
+    checks = []
+    for result in evaluation.results:
+        for metric, (bound, limit) in thresholds[result.method].items():
+            value = result.values.get(metric)
+            value = None if value is None else float(value)
+            ok = value is not None and math.isfinite(value) and \
+                (value >= limit if bound == "min" else value <= limit)
+            checks.append(Check(f"{result.method}.{metric}", result.method, metric, value,
+                                bound, limit, ok))
+    return checks
+
+
+# --------------------------------------------------------------------------- reports
+def write_junit(report: ValidationReport, path: str | Path) -> None:
+    """JUnit XML: one testcase per check, failures carry the measured value and threshold."""
+    failures = sum(not c.passed for c in report.checks)
+    suite = ET.Element("testsuite", name="tsgb.validate", tests=str(len(report.checks)),
+                       failures=str(failures), errors="0")
+    for c in report.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"tsgb.validate.{c.method}", name=c.name)
+        if not c.passed:
+            fail = ET.SubElement(case, "failure", message=c.message, type="threshold")
+            fail.text = c.message
+    root = ET.Element("testsuites", tests=str(len(report.checks)), failures=str(failures))
+    root.append(suite)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _png_b64(rgb: np.ndarray, scale: int) -> str:
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _draw_boxes(rgb: np.ndarray, boxes) -> np.ndarray:
+    out = rgb.copy()
+    for x0, y0, x1, y1 in boxes:
+        out[y0:y1, [x0, x1 - 1]] = (255, 255, 255)
+        out[[y0, y1 - 1], x0:x1] = (255, 255, 255)
+    return out
+
+
+def _badness(result, i: int) -> tuple:
+    d = result.details
+    miss = int(d.get("pointing_hits", [None] * (i + 1))[i] is False)
+    dele = float(d["deletion_auc"][i]) if "deletion_auc" in d else 0.0
+    ins = -float(d["insertion_auc"][i]) if "insertion_auc" in d else 0.0
+    nan = int(not np.isfinite(result.maps[i]).all())
+    return (nan, miss, dele, ins)
+
+
+def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> None:
+    """An HTML page: the checks, the table, and the maps of the worst cases per method."""
+    from tsgb_onnx.io.render import heatmap
+
+    ev = report.evaluation
+    s = ev.samples
+    rows = "".join(
+        f"<tr class={'pass' if c.passed else 'fail'}><td>{html.escape(c.name)}</td>"
+        f"<td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.message)}</td></tr>"
+        for c in report.checks)
+    parts = ["<!doctype html><meta charset=utf-8><title>tsgb validate</title><style>",
+             "body{font-family:sans-serif}td,th{padding:2px 8px}.fail{color:#b00}"
+             ".pass{color:#070}figure{display:inline-block;margin:4px}figcaption{font-size:12px}"
+             ".results{border-collapse:collapse}.results td,.results th{border-bottom:1px solid #ccc}"
+             ".num{text-align:right}",
+             "</style>",
+             f"<h1>tsgb validate: {'PASSED' if report.passed else 'FAILED'}</h1>",
+             f"<p>model {html.escape(ev.model)}, data {html.escape(ev.data)}, "
+             f"{ev.images} images, {len(s.target)} explained objects</p>",
+             "<table><tr><th>check</th><th>result</th><th>detail</th></tr>", rows, "</table>",
+             "<h2>Results</h2>", ev.html()]
+    for result in ev.results:
+        if result.maps is None:
+            continue
+        order = sorted(range(len(result.maps)), key=lambda i: _badness(result, i), reverse=True)
+        parts.append(f"<h2>{html.escape(result.method)}: worst cases</h2>")
+        for i in order[:worst]:
+            rgb = ev.dataset.rgb[s.image[i]]
+            scale = max(1, 192 // max(rgb.shape[:2]))
+            overlay = _draw_boxes(heatmap(np.nan_to_num(result.maps[i]), rgb), s.boxes[i])
+            caption = f"{ev.dataset.names[s.image[i]]}, {s.label[i]} (class {s.target[i]})"
+            for key, name in (("deletion_auc", "deletion"), ("insertion_auc", "insertion")):
+                if key in result.details:
+                    caption += f", {name} {result.details[key][i]:.3f}"
+            hit = result.details.get("pointing_hits", [None] * (i + 1))[i]
+            if hit is not None:
+                caption += ", pointing " + ("hit" if hit else "miss")
+            parts.append(f"<figure><img src='data:image/png;base64,{_png_b64(rgb, scale)}'>"
+                         f"<img src='data:image/png;base64,{_png_b64(overlay, scale)}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    Path(path).write_text("\n".join(parts) + "\n", encoding="utf-8")
+

@@ -1,0 +1,1 @@
+"""Edges to files and frameworks: preprocessing, labels, rendering, exporters, photos."""

@@ -1,0 +1,189 @@
+"""Methods computed from forward passes and backward signals: Grad-CAM and FullGrad.
+
+Each is a `MapMethod`: it reads activations and signals at several tensors from one
+backward pass (`Explainer.signals`) and builds its map in NumPy. Importing this module
+also registers DeepLIFT (a rule set with a reference pass) and the SmoothGrad /
+Integrated Gradients wrappers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tsgb_onnx.errors import MethodError
+from tsgb_onnx.ir.graph import Graph
+from tsgb_onnx.methods.result import Explanation
+from tsgb_onnx.engine.program import live_tensors
+
+# ops that only move or relabel values: a CAM layer is the feature map before them
+LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
+
+
+# -- helpers shared by map methods ---------------------------------------------------------
+def _interp_matrix(size_in: int, size_out: int, align_corners: bool) -> np.ndarray:
+    """[size_out, size_in] linear interpolation weights (torch F.interpolate semantics)."""
+    dst = np.arange(size_out, dtype=np.float64)
+    if align_corners:
+        src = dst * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros_like(dst)
+    else:
+        src = np.maximum((dst + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+    hi = np.minimum(lo + 1, size_in - 1)
+    frac = src - lo
+    weights = np.zeros((size_out, size_in))
+    np.add.at(weights, (np.arange(size_out), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(size_out), hi), frac)
+    return weights
+
+
+def resize_linear(a: np.ndarray, size, align_corners: bool = False) -> np.ndarray:
+    """Resize the trailing `len(size)` axes of `a` by (bi/tri)linear interpolation, as
+    torch's ``F.interpolate(mode='bilinear' | 'linear' | 'trilinear')``."""
+    size = tuple(int(s) for s in size)
+    out = np.asarray(a, dtype=np.float32)
+    nd = len(size)
+    for k, target in enumerate(size):
+        axis = out.ndim - nd + k
+        if out.shape[axis] == target:
+            continue
+        weights = _interp_matrix(out.shape[axis], target, align_corners).astype(np.float32)
+        out = np.moveaxis(np.tensordot(out, weights, axes=([axis], [1])), -1, axis)
+    return np.ascontiguousarray(out)
+
+
+def channels_first(graph: Graph, tensor: str, a: np.ndarray) -> np.ndarray:
+    """`a` (a value of `tensor`) with its channel axis at position 1."""
+    return np.moveaxis(a, -1, 1) if graph.channel_axis(tensor) == -1 and a.ndim > 2 else a
+
+
+def input_spatial(graph: Graph, x: np.ndarray) -> tuple[int, ...]:
+    """The spatial size of the model input `x`."""
+    first = channels_first(graph, graph.input_name, x)
+    return tuple(first.shape[2:])
+
+
+def _spatial_size(shape) -> int | None:
+    dims = shape[2:]
+    if any(not isinstance(d, int) for d in dims):
+        return None
+    return int(np.prod(dims))
+
+
+def default_cam_layer(graph: Graph) -> str:
+    """The last spatial tensor (rank >= 3, spatial size > 1) on the path to the logits:
+    the input of the global pooling / flattening that feeds the classifier (not the output
+    of a layout op such as the channels-last Transpose of a Keras export)."""
+    live = live_tensors(graph)
+    best = None
+    for index, node in enumerate(graph.nodes):
+        if node.op_type in LAYOUT_OPS:
+            continue
+        for out in node.outputs:
+            shape = graph.shapes.get(out)
+            if out not in live or not shape or len(shape) < 3:
+                continue
+            if graph.channel_axis(out) == -1:
+                shape = (shape[0], shape[-1]) + tuple(shape[1:-1])
+            spatial = _spatial_size(shape)
+            if spatial is None or spatial > 1:
+                best = out
+    if best is None:
+        raise MethodError(
+            "no spatial tensor (rank >= 3, spatial size > 1) feeds the logits: "
+            "choose the tensor with layer=NAME (CLI: --layer NAME)")
+    return best
+
+
+def chunk_rows(explainer, batch_size: int) -> int:
+    """Rows per model run: the model's fixed batch size if it has one, else `batch_size`."""
+    fixed = (explainer.graph.input_shape or (None,))[0]
+    return fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+
+
+def normalise_rows(a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """FullGrad's post-processing: |a|, then per row shift to min 0 and scale to max ~1."""
+    a = np.abs(a)
+    flat = a.reshape(a.shape[0], -1)
+    a = a - flat.min(axis=1).reshape((-1,) + (1,) * (a.ndim - 1))
+    flat = a.reshape(a.shape[0], -1)
+    return a / (flat.max(axis=1).reshape((-1,) + (1,) * (a.ndim - 1)) + eps)
+
+
+# -- Grad-CAM --------------------------------------------------------------------------------
+def gradcam(explainer, x, target, layer, options):
+    graph = explainer.graph
+    layer = layer or options["layer"] or default_cam_layer(graph)
+    logits, targets, taken = explainer.signals(x, target, [layer])
+    activation, signal = taken[layer]
+    a = channels_first(graph, layer, activation)
+    g = channels_first(graph, layer, signal)
+    if a.ndim < 3:
+        raise MethodError(f"gradcam: layer '{layer}' has shape {a.shape}, not "
+                          "[batch, channels, *spatial]: choose a convolutional feature map")
+    axes = tuple(range(2, a.ndim))
+    weights = g.mean(axis=axes, keepdims=True)
+    cam = np.maximum((weights * a).sum(axis=1), 0.0)
+    saliency = resize_linear(cam, input_spatial(graph, x))
+    return Explanation(saliency=saliency, signal=signal, logits=logits, target=targets,
+                       layer=layer, method="gradcam")
+
+
+def check_layer(options: dict) -> None:
+    layer = options.get("layer")
+    if layer is not None and not isinstance(layer, str):
+        raise MethodError(f"layer must be a tensor name, got {layer!r}")
+
+
+
+
+# -- FullGrad -------------------------------------------------------------------------------------
+def _bias_of(node) -> np.ndarray | None:
+    """The bias a node adds per channel: Conv's B, BatchNormalization's effective shift."""
+    if node.op_type == "Conv":
+        return node.const(2) if node.has_input(2) else None
+    if node.op_type == "BatchNormalization":
+        scale, shift, mean, var = (node.const(i) for i in (1, 2, 3, 4))
+        if any(v is None for v in (scale, shift, mean, var)):
+            return None
+        eps = node.attr("epsilon", 1e-5)
+        std = np.sqrt(var.astype(np.float64) + eps)
+        return (shift - mean * scale / std).astype(np.float32)
+    return None
+
+
+def bias_nodes(graph: Graph) -> list:
+    """Conv / BatchNormalization nodes on the path to the logits with a spatial output and a
+    constant bias: FullGrad's bias-gradient terms."""
+    live = live_tensors(graph)
+    rank = len(graph.input_shape or ())
+    found = []
+    for node in graph.nodes:
+        out = node.outputs[0]
+        shape = graph.shapes.get(out)
+        if out in live and shape and len(shape) == rank and _bias_of(node) is not None:
+            found.append(node)
+    return found
+
+
+def fullgrad(explainer, x, target, layer, options):
+    graph = explainer.graph
+    if layer not in (None, graph.input_name):
+        raise MethodError("fullgrad builds its map at the model input: do not give a layer")
+    nodes = bias_nodes(graph)
+    layers = [graph.input_name] + [n.outputs[0] for n in nodes]
+    logits, targets, taken = explainer.signals(x, target, layers)
+    activation, grad_x = taken[graph.input_name]
+    saliency = normalise_rows(channels_first(graph, graph.input_name, grad_x * activation)).sum(1)
+    size = saliency.shape[1:]
+    for node in nodes:
+        out = node.outputs[0]
+        g = channels_first(graph, out, taken[out][1])
+        bias = _bias_of(node).reshape((1, -1) + (1,) * (g.ndim - 2))
+        # upsampling is linear: sum the channels first (C times less to resize)
+        term = normalise_rows(g * bias).sum(1)
+        saliency += resize_linear(term, size, align_corners=True)
+    return Explanation(saliency=saliency.astype(np.float32), signal=grad_x, logits=logits,
+                       target=targets, layer=graph.input_name, method="fullgrad")
+
+
+

@@ -115,3 +115,83 @@ def test_threaded_rows_equal_one_thread(onnx_zoo, method):
     a, b = one.explain(x, target=target), three.explain(x, target=target)
     np.testing.assert_array_equal(a.target, b.target)
     assert np.abs(a.saliency - b.saliency).max() <= 1e-6 * np.abs(a.saliency).max()
+
+
+# -- the executor owns arity; fused steps get the composition's hints ---------------------------
+def test_a_rule_returning_too_many_signals_is_named(onnx_zoo):
+    from tsgb_onnx.engine.rule import Rule
+    from tsgb_onnx.errors import ModelError
+
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    explainer = Explainer(proto, method="gradient", backend="numpy", threads=1)
+    program = explainer.program()
+    index = next(i for i, s in enumerate(program.steps) if s.node.op_type == "Relu")
+    step = program.steps[index]
+
+    def too_many(ops, node, fwd, grads, opts):
+        return [grads[0], None]  # a Relu has one input
+
+    bad = Rule(too_many, step.rule.reads, "Relu", "test")
+    program.steps[index] = type(step)(**{**step.__dict__, "rule": bad})
+    x = onnx_zoo.example("vgg16_style", batch=1, seed=0).numpy()
+    logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
+    seed = np.eye(logits.shape[1], dtype=np.float32)[[0]]
+    with pytest.raises(ModelError, match=f"test.too_many returned 2 signals for node "
+                                         f"'{step.node.name}' \\(Relu\\), which has 1 input"):
+        run_program(program, NumpyOps(), values, shapes, seed)
+
+
+def test_rules_return_signals_only_for_inputs_they_differentiate(onnx_zoo):
+    """Convs return one signal (not one per input): the executor pads with None."""
+    _, proto = onnx_zoo.get("resnet50_style", False)
+    explainer = Explainer(proto, method="tsgb", backend="numpy", threads=1)
+    program = explainer.program()
+    x = onnx_zoo.example("resnet50_style", batch=1, seed=0).numpy()
+    logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
+    returned = []
+    steps = []
+    for step in program.steps:
+        def wrapped(ops, node, fwd, grads, opts, _fn=step.rule.fn):
+            out = _fn(ops, node, fwd, grads, opts)
+            returned.append((node.op_type, len(out), len(node.inputs)))
+            return out
+        steps.append(type(step)(**{**step.__dict__, "rule": type(step.rule)(
+            wrapped, step.rule.reads, step.rule.op_type, step.rule.rule_set)}))
+    program.steps[:] = steps
+    seed = np.eye(logits.shape[1], dtype=np.float32)[[1]]
+    run_program(program, NumpyOps(), values, shapes, seed)
+    convs = [(n, k) for op, n, k in returned if op == "Conv"]
+    assert convs and all(n == 1 < k for n, k in convs)
+
+
+def test_fused_step_receives_the_compositions_hints(onnx_zoo):
+    """A kernel registered for a backend replaces the TSGB-Conv composition and gets the same
+    shortcut hints (`nonnegative_x`, `sign_from_producer`) the composition would."""
+    from tsgb_onnx.engine import ops as contract
+    from tsgb_onnx.rules.tsgb import tsgb_conv_step
+
+    seen: list[dict] = []
+
+    class Probe(NumpyOps):
+        name = "hint-probe"
+
+    @contract.register_fused("hint-probe", "tsgb_conv")
+    def probe(ops, x, y, g, win, groups, **hints):
+        seen.append(hints)
+        return tsgb_conv_step.portable(ops, x, y, g, win, groups, **hints)
+
+    try:
+        _, proto = onnx_zoo.get("vgg16_style", False)
+        explainer = Explainer(proto, method="tsgb", backend="numpy", threads=1)
+        x = onnx_zoo.example("vgg16_style", batch=2, seed=4).numpy()
+        got = explainer.vjp(x, np.eye(10, dtype=np.float32)[[1, 3]])
+        explainer._shared.ops = Probe()
+        probed = explainer.vjp(x, np.eye(10, dtype=np.float32)[[1, 3]])
+    finally:
+        contract._FUSED.pop(("hint-probe", "tsgb_conv"))
+    convs = sum(n.op_type == "Conv" for n in explainer.graph.nodes)
+    assert len(seen) == convs
+    assert all(set(h) == {"nonnegative_x", "sign_from_producer"} for h in seen)
+    # every conv after the first reads a Relu output: both shortcuts hold there
+    assert sum(h["nonnegative_x"] and h["sign_from_producer"] for h in seen) == convs - 1
+    np.testing.assert_array_equal(probed, got)

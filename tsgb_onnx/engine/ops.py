@@ -147,7 +147,7 @@ def composite(step: str) -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def call(ops: ArrayOps, *args: Any, **kwargs: Any) -> Any:
-            fused = _FUSED.get((getattr(ops, "name", ""), step))
+            fused = fused_for(ops.name, step)
             return (fused or fn)(ops, *args, **kwargs)
 
         call.step = step  # type: ignore[attr-defined]

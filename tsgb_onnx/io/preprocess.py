@@ -81,11 +81,6 @@ class Preprocessing:
         """(height, width) of the model input."""
         return self.size if isinstance(self.size, tuple) else (int(self.size), int(self.size))
 
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["size"] = list(self.hw)
-        return json.dumps(data, separators=(",", ":"))
-
     @classmethod
     def from_json(cls, text: str, where: str = f"model metadata '{PREPROCESS_KEY}'"):
         return cls(**settings_from_json(text, where))
@@ -258,28 +253,3 @@ def read_input(path: Path, name: str, prep: Preprocessing, rank: int = 4):
         raise InputError(f"input '{path}' does not exist")
     raise InputError(f"input '{path}': unknown file type '{path.suffix}' "
                      "(give .npy or an image file)")
-
-
-def load_inputs(paths: Sequence[str], prep: Preprocessing, rank: int = 4):
-    """Read .npy tensors or images; return (batch, display images or None per row, names).
-
-    A .npy array of the model input's `rank` is a batch; one of rank - 1 is one row.
-    """
-    arrays, shown, names = [], [], []
-    for path, name in discover(paths):
-        rows, images, row_names = read_input(path, name, prep, rank)
-        arrays.append(rows)
-        shown += images
-        names += row_names
-    return stack_rows(arrays), shown, names
-
-
-def stack_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    try:
-        return np.concatenate(arrays, axis=0)
-    except ValueError as exc:
-        raise InputError(f"inputs have different shapes and cannot form one batch: {exc}") from None
-
-
-def with_overrides(prep: Preprocessing, **changes) -> Preprocessing:
-    return replace(prep, **{k: v for k, v in changes.items() if v is not None})

@@ -62,9 +62,6 @@ class Node:
     def input_shape(self, i: int) -> tuple | None:
         return self.graph.shapes.get(self.inputs[i])
 
-    def output_shape(self, i: int = 0) -> tuple | None:
-        return self.graph.shapes.get(self.outputs[i])
-
     @property
     def opset(self) -> int:
         return self.graph.opset

@@ -358,8 +358,6 @@ def max_pool(ops, node, fwd, grads, opts):
     x, g = fwd.x(0), _first(grads)
     x_shape = ops.shape(x)
     win = window_of(node, x_shape[2:])
-    if ops.shape(g)[1] != x_shape[1]:  # one plane per row (TSGB-Conv), broadcast over channels
-        g = ops.expand_to(g, tuple(x_shape[:2]) + tuple(ops.shape(g)[2:]))
     return [ops.maxpool_input_grad(x, g, win)]
 
 

@@ -15,10 +15,12 @@ import warnings
 
 import numpy as np
 
+from tsgb_onnx.engine.ops import composite
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.geometry import window_of
 from tsgb_onnx.rules.gradient import GRADIENT, clip_bounds, avgpool_adjoint, pad_amounts
 from tsgb_onnx.rules.gradient import clip as exact_clip
+from tsgb_onnx.rules.gradient import max_pool as exact_max_pool
 from tsgb_onnx.rules.registry import RuleSet, opt
 
 TSGB = RuleSet("tsgb", parent=GRADIENT)
@@ -168,20 +170,17 @@ def tsgb_conv(ops, node, fwd, grads, opts):
     groups = 1 if opt(opts, "reference_compat", False) else int(node.attr("group", 1))
     x_shape = ops.shape(x)
     win = window_of(node, x_shape[2:], kernel=w_shape[2:])
-    fused = getattr(ops, "tsgb_conv_step", None)
-    if fused is not None:
-        gx = fused(x, y, g, win, groups)
-    else:
-        graph, source = node.graph, node.inputs[0]
-        gx = tsgb_conv_step(ops, x, y, g, win, groups,
-                            nonnegative_x=nonnegative(graph, source),
-                            sign_from_producer=sign_redundant(graph, source, fwd.caller_reads))
-    return [gx]
+    graph, source = node.graph, node.inputs[0]
+    return [tsgb_conv_step(ops, x, y, g, win, groups,
+                           nonnegative_x=nonnegative(graph, source),
+                           sign_from_producer=sign_redundant(graph, source, fwd.caller_reads))]
 
 
+@composite("tsgb_conv")
 def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
                    sign_from_producer: bool = False):
-    """Eq. 5 per group from primitives (a backend may provide a fused `tsgb_conv_step`).
+    """Eq. 5 per group from primitives (a backend may register a fused "tsgb_conv" kernel;
+    it receives the same hints and may ignore them: the plain formula is always exact).
 
     Shortcuts that give the same map (tested against the plain formula):
     `nonnegative_x`: |X| = X (X comes from a Relu, a non-negative Clip, or pools of them);
@@ -221,13 +220,24 @@ def _group_sum(ops, a, batch: int, groups: int, per_group: int, spatial):
 
 @register(["BatchNormalization", "LRN", "InstanceNormalization"], reads=("x0", "y0"))
 def tsgb_normalization(ops, node, fwd, grads, opts):
-    """Eq. 6: G[X] = G[Y] * (Y ⊘ X) (a backend may provide a fused `tsgb_eq6_step`)."""
-    fused = getattr(ops, "tsgb_eq6_step", None)
-    if fused is not None:
-        gx = fused(grads[0], fwd.y(0), fwd.x(0))
-    else:
-        gx = ops.mul(grads[0], ops.div_stab(fwd.y(0), fwd.x(0)))
-    return [gx]
+    """Eq. 6: G[X] = G[Y] * (Y ⊘ X)."""
+    return [tsgb_eq6_step(ops, grads[0], fwd.y(0), fwd.x(0))]
+
+
+@composite("tsgb_eq6")
+def tsgb_eq6_step(ops, g, y, x):
+    """Eq. 6 from primitives (a backend may register a fused "tsgb_eq6" kernel)."""
+    return ops.mul(g, ops.div_stab(y, x))
+
+
+@register("MaxPool", reads=("x0",))
+def tsgb_max_pool(ops, node, fwd, grads, opts):
+    """The exact MaxPool rule; a signal that is one plane per row (TSGB-Conv's shortcut, see
+    `tsgb_conv_step`) is first broadcast over the channels."""
+    g, x_shape = grads[0], fwd.x_shape(0)
+    if g is not None and ops.shape(g)[1] != x_shape[1]:
+        g = ops.expand_to(g, tuple(x_shape[:2]) + tuple(ops.shape(g)[2:]))
+    return exact_max_pool(ops, node, fwd, [g], opts)
 
 
 @register("AveragePool", reads=("x0", "y0"))
@@ -254,25 +264,26 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
     w = fwd.x(1)
     if node.op_type == "Gemm" and node.attr("transB", 0):
         w = ops.swap_last(w)
-    fused = getattr(ops, "tsgb_fc_step", None)
-    if fused is not None:
-        gx = fused(x, w, g, float(opt(opts, "alpha", 1.0)),
-                   bool(opt(opts, "reference_compat", False)))
-        if node.op_type == "Gemm" and node.attr("transA", 0):
-            gx = ops.swap_last(gx)
-        return [gx]
-    w_pos, w_neg = ops.maximum(w, 0.0), ops.minimum(w, 0.0)
-    positive = ops.matmul(x, w_pos)
-    if opt(opts, "reference_compat", False):
-        negative = ops.abs(ops.matmul(x, w_neg))
-    else:
-        negative = ops.matmul(ops.abs(x), ops.abs(w_neg))
-    scale = ops.mul(ops.div_stab(positive, negative, nonnegative=True), float(opt(opts, "alpha", 1.0)))
-    gx = ops.add(ops.matmul(g, ops.swap_last(w_pos)),
-                 ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
+    gx = tsgb_fc_step(ops, x, w, g, float(opt(opts, "alpha", 1.0)),
+                      bool(opt(opts, "reference_compat", False)))
     if node.op_type == "Gemm" and node.attr("transA", 0):
         gx = ops.swap_last(gx)
     return [gx]
+
+
+@composite("tsgb_fc")
+def tsgb_fc_step(ops, x, w, g, alpha: float = 1.0, reference_compat: bool = False):
+    """Eq. 1-2 for x [.., K], w [K, N], g [.., N] (a backend may register a fused "tsgb_fc"
+    kernel)."""
+    w_pos, w_neg = ops.maximum(w, 0.0), ops.minimum(w, 0.0)
+    positive = ops.matmul(x, w_pos)
+    if reference_compat:
+        negative = ops.abs(ops.matmul(x, w_neg))
+    else:
+        negative = ops.matmul(ops.abs(x), ops.abs(w_neg))
+    scale = ops.mul(ops.div_stab(positive, negative, nonnegative=True), alpha)
+    return ops.add(ops.matmul(g, ops.swap_last(w_pos)),
+                   ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
 
 
 _FC_RULES = RuleSet("tsgb")

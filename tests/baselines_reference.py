@@ -83,12 +83,19 @@ def small_mlp(matmul: bool = False):
     """x[1,3] -> Gemm(w1, b1) -> Relu -> Gemm(w2, b2) -> Y; with `matmul` each Gemm is a
     MatMul plus a bias Add."""
     if matmul:
-        nodes = [node("MatMul", ["X", "w1"], ["m1"]), node("Add", ["m1", "b1"], ["h0"]),
-                 node("Relu", ["h0"], ["h"]),
-                 node("MatMul", ["h", "w2"], ["m2"]), node("Add", ["m2", "b2"], ["Y"])]
+        nodes = [
+            node("MatMul", ["X", "w1"], ["m1"]),
+            node("Add", ["m1", "b1"], ["h0"]),
+            node("Relu", ["h0"], ["h"]),
+            node("MatMul", ["h", "w2"], ["m2"]),
+            node("Add", ["m2", "b2"], ["Y"]),
+        ]
     else:
-        nodes = [node("Gemm", ["X", "w1", "b1"], ["h0"]), node("Relu", ["h0"], ["h"]),
-                 node("Gemm", ["h", "w2", "b2"], ["Y"])]
+        nodes = [
+            node("Gemm", ["X", "w1", "b1"], ["h0"]),
+            node("Relu", ["h0"], ["h"]),
+            node("Gemm", ["h", "w2", "b2"], ["Y"]),
+        ]
     return make_model(nodes, (1, 3), MLP)
 
 
@@ -97,9 +104,13 @@ NORM = dict(mean=np.array([0.5, -1.0, 0.25], np.float32), std=np.array([2.0, 0.5
 
 def normalised_mlp():
     """`small_mlp` behind in-model input normalisation: (x - mean) / std."""
-    nodes = [node("Sub", ["X", "mean"], ["xc"]), node("Div", ["xc", "std"], ["xn"]),
-             node("Gemm", ["xn", "w1", "b1"], ["h0"]), node("Relu", ["h0"], ["h"]),
-             node("Gemm", ["h", "w2", "b2"], ["Y"])]
+    nodes = [
+        node("Sub", ["X", "mean"], ["xc"]),
+        node("Div", ["xc", "std"], ["xn"]),
+        node("Gemm", ["xn", "w1", "b1"], ["h0"]),
+        node("Relu", ["h0"], ["h"]),
+        node("Gemm", ["h", "w2", "b2"], ["Y"]),
+    ]
     return make_model(nodes, (1, 3), {**MLP, **NORM})
 
 
@@ -107,11 +118,15 @@ def normalised_mlp():
 def convnet_params(seed: int = 0, bias: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     p = dict(
-        w1=rng.normal(size=(4, 2, 3, 3)), b1=rng.normal(size=4) * 0.3 * bias,
-        scale=rng.uniform(0.5, 1.5, size=4), beta=rng.normal(size=4) * 0.3 * bias,
-        mean=rng.normal(size=4) * 0.3 * bias, var=rng.uniform(0.5, 1.5, size=4),
+        w1=rng.normal(size=(4, 2, 3, 3)),
+        b1=rng.normal(size=4) * 0.3 * bias,
+        scale=rng.uniform(0.5, 1.5, size=4),
+        beta=rng.normal(size=4) * 0.3 * bias,
+        mean=rng.normal(size=4) * 0.3 * bias,
+        var=rng.uniform(0.5, 1.5, size=4),
         w2=rng.normal(size=(4, 4, 3, 3)) * 0.5,
-        w3=rng.normal(size=(4, 5)), b3=rng.normal(size=5) * 0.3 * bias,
+        w3=rng.normal(size=(4, 5)),
+        b3=rng.normal(size=5) * 0.3 * bias,
     )
     return {k: v.astype(np.float32) for k, v in p.items()}
 
@@ -152,8 +167,10 @@ def _pool_matrix(channels, size, k, stride):
             for j in range(out):
                 for di in range(k):
                     for dj in range(k):
-                        a[(c * out + i) * out + j,
-                          (c * size + i * stride + di) * size + j * stride + dj] = 1.0 / (k * k)
+                        a[
+                            (c * out + i) * out + j,
+                            (c * size + i * stride + di) * size + j * stride + dj,
+                        ] = 1.0 / (k * k)
     return a, out
 
 
@@ -165,7 +182,7 @@ def _maxpool_winners(v, channels, size, k, stride):
     for c in range(channels):
         for i in range(out):
             for j in range(out):
-                window = grid[c, i * stride:i * stride + k, j * stride:j * stride + k]
+                window = grid[c, i * stride : i * stride + k, j * stride : j * stride + k]
                 di, dj = np.unravel_index(np.argmax(window), window.shape)
                 winners.append((c * size + i * stride + di) * size + j * stride + dj)
                 values.append(window[di, dj])
@@ -266,9 +283,12 @@ def gap_top_net():
     """x[1,2,6,6] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Y: no linear top."""
     rng = np.random.default_rng(3)
     w = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)
-    nodes = [node("Conv", ["X", "w"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             node("Relu", ["c"], ["r"]), node("GlobalAveragePool", ["r"], ["g"]),
-             node("Flatten", ["g"], ["Y"])]
+    nodes = [
+        node("Conv", ["X", "w"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        node("Relu", ["c"], ["r"]),
+        node("GlobalAveragePool", ["r"], ["g"]),
+        node("Flatten", ["g"], ["Y"]),
+    ]
     return make_model(nodes, (1, 2, 6, 6), {"w": w})
 
 
@@ -278,6 +298,17 @@ def relu_top_net():
     return make_model(nodes, (1, 3), {"w1": MLP["w1"], "b1": MLP["b1"]})
 
 
-__all__ = ["MLP", "NORM", "normalised_mlp", "convnet_ebp", "convnet_logits", "convnet_lrp", "convnet_params",
-           "gap_top_net", "modified_relu_saliency", "relu_top_net", "small_convnet",
-           "small_mlp"]
+__all__ = [
+    "MLP",
+    "NORM",
+    "normalised_mlp",
+    "convnet_ebp",
+    "convnet_logits",
+    "convnet_lrp",
+    "convnet_params",
+    "gap_top_net",
+    "modified_relu_saliency",
+    "relu_top_net",
+    "small_convnet",
+    "small_mlp",
+]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -45,7 +45,7 @@ class ExportedNet(NamedTuple):
     dynamo: bool
     model: Any  # torch.nn.Module, eval mode
     proto: Any  # onnx.ModelProto
-    input_shape: Tuple[int, ...]  # without the batch dimension
+    input_shape: tuple[int, ...]  # without the batch dimension
 
 
 class OnnxZoo:
@@ -56,16 +56,16 @@ class OnnxZoo:
     """
 
     def __init__(self) -> None:
-        self._models: Dict[str, Any] = {}
-        self._protos: Dict[Tuple[str, bool], Any] = {}
+        self._models: dict[str, Any] = {}
+        self._protos: dict[tuple[str, bool], Any] = {}
 
     @property
-    def names(self) -> Tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         from nets import REFERENCE_NETS
 
         return tuple(REFERENCE_NETS) + (LITE0,)
 
-    def input_shape(self, name: str) -> Tuple[int, ...]:
+    def input_shape(self, name: str) -> tuple[int, ...]:
         """Input shape of `name` without the batch dimension."""
         if name == LITE0:
             return LITE0_INPUT_SHAPE
@@ -94,7 +94,7 @@ class OnnxZoo:
         g = torch.Generator().manual_seed(seed)
         return torch.randn((batch,) + self.input_shape(name), generator=g)
 
-    def get(self, name: str, dynamo: bool) -> Tuple[Any, Any]:
+    def get(self, name: str, dynamo: bool) -> tuple[Any, Any]:
         """(torch model, onnx.ModelProto) for `name` exported with the chosen exporter."""
         key = (name, bool(dynamo))
         model = self.torch_model(name)
@@ -131,7 +131,8 @@ def lite0_torch(onnx_zoo: OnnxZoo) -> Any:
 
 
 def preprocess_imagenet(image: np.ndarray, size: int = 224) -> np.ndarray:
-    """HxWx3 image -> float32 [1, 3, size, size], resized whole (anti-aliased), ImageNet-normalised."""
+    """HxWx3 image -> float32 [1, 3, size, size], resized whole (anti-aliased),
+    ImageNet-normalised."""
     from skimage.transform import resize
 
     from tsgb_onnx.io.zoo.efficientnet_lite0 import IMAGENET_MEAN, IMAGENET_STD
@@ -142,7 +143,7 @@ def preprocess_imagenet(image: np.ndarray, size: int = 224) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def photos() -> Dict[str, np.ndarray]:
+def photos() -> dict[str, np.ndarray]:
     """{"chelsea": cat photo, "coffee": espresso photo}, each float32 [1, 3, 224, 224]."""
     data = pytest.importorskip("skimage.data")
     return {name: preprocess_imagenet(getattr(data, name)()) for name in ("chelsea", "coffee")}

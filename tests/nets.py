@@ -15,7 +15,7 @@ dimension is dynamic.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import onnx
 import torch
@@ -83,8 +83,13 @@ def num_parameters(model: nn.Module) -> int:
 class VGG16Style(nn.Module):
     """VGG-16 layout: 2,2,3,3,3 3x3 convs + ReLU with a 2x2 max pool after each stage."""
 
-    def __init__(self, num_classes: int = 10, widths=(8, 16, 32, 32, 32),
-                 in_channels: int = 3, input_size: int = 64) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths=(8, 16, 32, 32, 32),
+        in_channels: int = 3,
+        input_size: int = 64,
+    ) -> None:
         super().__init__()
         layers = []
         c = in_channels
@@ -147,8 +152,9 @@ class Bottleneck(nn.Module):
 class ResNet50Style(nn.Module):
     """ResNet-50 layout with 2 bottleneck blocks per stage and narrow widths."""
 
-    def __init__(self, num_classes: int = 10, stem: int = 16, mids=(8, 16, 32, 64),
-                 blocks=(2, 2, 2, 2)) -> None:
+    def __init__(
+        self, num_classes: int = 10, stem: int = 16, mids=(8, 16, 32, 64), blocks=(2, 2, 2, 2)
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
@@ -211,8 +217,9 @@ class Transition(nn.Module):
 
 
 class DenseNetStyle(nn.Module):
-    def __init__(self, num_classes: int = 10, stem: int = 16, growth: int = 8,
-                 layers=(3, 3, 3)) -> None:
+    def __init__(
+        self, num_classes: int = 10, stem: int = 16, growth: int = 8, layers=(3, 3, 3)
+    ) -> None:
         super().__init__()
         feats = [nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False)]
         c = stem
@@ -245,7 +252,11 @@ class InvertedResidual(nn.Module):
         mid = in_ch * expand
         layers = []
         if expand != 1:
-            layers += [nn.Conv2d(in_ch, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, mid, 1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU6(inplace=True),
+            ]
         layers += [
             nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False),
             nn.BatchNorm2d(mid),
@@ -267,8 +278,11 @@ class MobileNetV2Style(nn.Module):
 
     def __init__(self, num_classes: int = 10, stem: int = 16, head: int = 64) -> None:
         super().__init__()
-        feats = [nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False),
-                 nn.BatchNorm2d(stem), nn.ReLU6(inplace=True)]
+        feats = [
+            nn.Conv2d(3, stem, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU6(inplace=True),
+        ]
         c = stem
         for t, out, n, s in self.SETTINGS:
             for i in range(n):
@@ -365,7 +379,7 @@ def cnn1d(num_classes: int = 5) -> nn.Module:
 
 # --------------------------------------------------------------------------- registry
 
-REFERENCE_NETS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
+REFERENCE_NETS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "vgg16_style": (vgg16_style, (3, 64, 64)),
     "resnet50_style": (resnet50_style, (3, 64, 64)),
     "densenet_style": (densenet_style, (3, 64, 64)),

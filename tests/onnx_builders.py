@@ -12,7 +12,7 @@ it in double, else the float32 graph with a larger step and Richardson extrapola
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -21,20 +21,32 @@ from onnx import TensorProto, helper, numpy_helper
 _names = itertools.count()
 
 
-def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None,
-         **attrs) -> onnx.NodeProto:
+def node(
+    op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None, **attrs
+) -> onnx.NodeProto:
     """`helper.make_node` with a unique default name."""
-    return helper.make_node(op_type, list(inputs), list(outputs),
-                            name=name or f"{op_type.lower()}_{next(_names)}", **attrs)
+    return helper.make_node(
+        op_type,
+        list(inputs),
+        list(outputs),
+        name=name or f"{op_type.lower()}_{next(_names)}",
+        **attrs,
+    )
 
 
-def make_model(nodes: Sequence[onnx.NodeProto], x_shape: Sequence[int],
-               inits: dict[str, np.ndarray] | None = None, opset: int = 17,
-               dtype: int = TensorProto.FLOAT, check: bool = True) -> onnx.ModelProto:
+def make_model(
+    nodes: Sequence[onnx.NodeProto],
+    x_shape: Sequence[int],
+    inits: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+    dtype: int = TensorProto.FLOAT,
+    check: bool = True,
+) -> onnx.ModelProto:
     """Model with input ``X`` of `x_shape`, output ``Y`` and the given initializers."""
     initializers = [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()]
     graph = helper.make_graph(
-        list(nodes), "g",
+        list(nodes),
+        "g",
         [helper.make_tensor_value_info("X", dtype, list(x_shape))],
         [helper.make_tensor_value_info("Y", dtype, None)],
         initializers,
@@ -61,14 +73,16 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     for i, t in enumerate(g.initializer):
         if t.data_type == TensorProto.FLOAT:
             g.initializer[i].CopyFrom(
-                numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+                numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)
+            )
     for n in g.node:
         for a in n.attribute:
             if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
                 a.i = TensorProto.DOUBLE
             if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
-                a.t.CopyFrom(numpy_helper.from_array(
-                    numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+                a.t.CopyFrom(
+                    numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name)
+                )
     return out
 
 
@@ -111,8 +125,14 @@ def _central(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float) -> np.
     return grad
 
 
-def fd_vjp(model: onnx.ModelProto, x: np.ndarray, seed: np.ndarray, eps64: float = 1e-6,
-           eps32: float = 1e-2, richardson: bool = True) -> tuple[np.ndarray, bool]:
+def fd_vjp(
+    model: onnx.ModelProto,
+    x: np.ndarray,
+    seed: np.ndarray,
+    eps64: float = 1e-6,
+    eps32: float = 1e-2,
+    richardson: bool = True,
+) -> tuple[np.ndarray, bool]:
     """Central-difference gradient of sum(Y * seed) at `x`; returns (grad, used_float64).
 
     In float32 the step is `eps32` (choose it away from kinks), refined by Richardson
@@ -121,13 +141,16 @@ def fd_vjp(model: onnx.ModelProto, x: np.ndarray, seed: np.ndarray, eps64: float
     seed64 = np.asarray(seed, dtype=np.float64)
     sess = float64_session(model)
     if sess is not None:
+
         def f64(v):
             return float(np.sum(sess.run(["Y"], {"X": v})[0] * seed64))
+
         return _central(f64, np.array(x, dtype=np.float64), eps64), True
     sess = session(model)
 
     def f32(v):
         return float(np.sum(sess.run(["Y"], {"X": v})[0].astype(np.float64) * seed64))
+
     x32 = np.array(x, dtype=np.float32)
     coarse = _central(f32, x32, eps32)
     if not richardson:

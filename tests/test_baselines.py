@@ -5,16 +5,31 @@ import warnings
 
 import numpy as np
 import pytest
-
 from baselines_reference import (
-    NORM, convnet_ebp, convnet_logits, convnet_lrp, convnet_params, gap_top_net,
-    modified_relu_saliency, normalised_mlp, relu_top_net, small_convnet, small_mlp,
+    NORM,
+    convnet_ebp,
+    convnet_logits,
+    convnet_lrp,
+    convnet_params,
+    gap_top_net,
+    modified_relu_saliency,
+    normalised_mlp,
+    relu_top_net,
+    small_convnet,
+    small_mlp,
 )
+
 from tsgb_onnx import Explainer, MethodError
 from tsgb_onnx.rules.baselines import BaselineWarning
 
-METHODS = ["input_x_gradient", "guided_backprop", "deconvnet", "ebp", "contrastive_ebp",
-           "lrp_epsilon"]
+METHODS = [
+    "input_x_gradient",
+    "guided_backprop",
+    "deconvnet",
+    "ebp",
+    "contrastive_ebp",
+    "lrp_epsilon",
+]
 X_MLP = np.array([[1.0, 2.0, 0.5]], np.float32)
 
 
@@ -81,8 +96,9 @@ def test_hand_worked_mlp(method, target, backend, matmul):
     options = {"epsilon": 0.1} if method == "lrp_epsilon" else {}
     explainer = Explainer(small_mlp(matmul), method=method, backend=backend, **options)
     result = explainer.explain(X_MLP, target=target)
-    np.testing.assert_allclose(_relevance(result, X_MLP)[0], MLP_EXPECTED[method, target],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _relevance(result, X_MLP)[0], MLP_EXPECTED[method, target], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("backend", ["numpy", "compiled"])
@@ -127,19 +143,23 @@ def test_lrp_epsilon_matches_dense_oracle(convnet, epsilon):
     p, proto, x = convnet
     expected = convnet_lrp(p, x, [1, 3], epsilon)
     for backend in ("numpy", "compiled"):
-        result = Explainer(proto, method="lrp_epsilon", epsilon=epsilon,
-                           backend=backend).explain(x, target=[1, 3])
+        result = Explainer(proto, method="lrp_epsilon", epsilon=epsilon, backend=backend).explain(
+            x, target=[1, 3]
+        )
         _close(_relevance(result, x), expected)
     if epsilon == 0.5:  # a large epsilon absorbs relevance: no longer input x gradient
-        grad = Explainer(proto, method="input_x_gradient", backend="numpy").explain(x, target=[1, 3])
+        grad = Explainer(proto, method="input_x_gradient", backend="numpy").explain(
+            x, target=[1, 3]
+        )
         assert np.abs(grad.saliency - result.saliency).max() > 1e-2 * np.abs(grad.saliency).max()
 
 
 def test_lrp_conserves_relevance_without_biases():
     p = convnet_params(5, bias=False)
     x = np.random.default_rng(6).normal(size=(2, 2, 6, 6)).astype(np.float32)
-    result = Explainer(small_convnet(p), method="lrp_epsilon", epsilon=0.0,
-                       backend="numpy").explain(x, target=[0, 2])
+    result = Explainer(
+        small_convnet(p), method="lrp_epsilon", epsilon=0.0, backend="numpy"
+    ).explain(x, target=[0, 2])
     logits = convnet_logits(p, x)[[0, 1], [0, 2]]
     np.testing.assert_allclose(result.saliency.sum((1, 2)), logits, rtol=1e-4)
     np.testing.assert_allclose(result.logits[[0, 1], [0, 2]], logits, rtol=1e-5)
@@ -156,10 +176,14 @@ def test_ebp_conserves_probability(onnx_zoo, name):
     assert (result.saliency >= -1e-7).all()
     np.testing.assert_allclose(result.saliency.sum((1, 2)), [1.0, 1.0], atol=2e-3)
     # a layer fed by ReLUs (nonnegative input) passes exactly what it receives
-    conv = [n for n in explainer.graph.nodes if n.op_type == "Conv"
-            and explainer.graph.producer.get(n.inputs[0]) is not None
-            and explainer.graph.producer[n.inputs[0]].op_type == "Relu"
-            and len(explainer.graph.consumers[n.inputs[0]]) == 1][-1]
+    conv = [
+        n
+        for n in explainer.graph.nodes
+        if n.op_type == "Conv"
+        and explainer.graph.producer.get(n.inputs[0]) is not None
+        and explainer.graph.producer[n.inputs[0]].op_type == "Relu"
+        and len(explainer.graph.consumers[n.inputs[0]]) == 1
+    ][-1]
     at_in = explainer.explain(x, target=[5, 0], layer=conv.inputs[0]).saliency.sum()
     at_out = explainer.explain(x, target=[5, 0], layer=conv.outputs[0]).saliency.sum()
     assert abs(at_in - at_out) <= 1e-4 * abs(at_out)
@@ -185,12 +209,17 @@ def test_convert_runs_in_plain_onnxruntime(onnx_zoo, convnet):
     for method in METHODS:
         options = {"epsilon": 0.01} if method == "lrp_epsilon" else {}
         model = convert(proto, method=method, **options)
-        session = ort.InferenceSession(model.SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
-        (saliency,) = session.run(["saliency"], {session.get_inputs()[0].name: x,
-                                                 "target": np.array([1, 8], np.int64)})
-        expected = Explainer(proto, method=method, backend="numpy", **options).explain(
-            x, target=[1, 8]).saliency
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        (saliency,) = session.run(
+            ["saliency"], {session.get_inputs()[0].name: x, "target": np.array([1, 8], np.int64)}
+        )
+        expected = (
+            Explainer(proto, method=method, backend="numpy", **options)
+            .explain(x, target=[1, 8])
+            .saliency
+        )
         _close(saliency, expected)
 
 
@@ -201,7 +230,7 @@ def test_mixed_targets_equal_rows_alone(onnx_zoo, method):
     explainer = Explainer(proto, method=method)
     together = explainer.explain(x, target=[4, 0, 9]).saliency
     for i, t in enumerate([4, 0, 9]):
-        alone = explainer.explain(x[i:i + 1], target=t).saliency[0]
+        alone = explainer.explain(x[i : i + 1], target=t).saliency[0]
         _close(together[i], alone, rel=1e-5)
 
 
@@ -211,8 +240,10 @@ def test_degenerate_inputs_stay_finite(convnet, method):
     explainer = Explainer(proto, method=method, backend="numpy")
     x = np.zeros((2, 2, 6, 6), np.float32)
     x[1] = 1.0
-    for backend_result in (explainer.explain(x, target=[0, 1]),
-                           Explainer(proto, method=method).explain(x, target=[0, 1])):
+    for backend_result in (
+        explainer.explain(x, target=[0, 1]),
+        Explainer(proto, method=method).explain(x, target=[0, 1]),
+    ):
         assert np.isfinite(backend_result.saliency).all()
         assert np.isfinite(backend_result.signal).all()
 

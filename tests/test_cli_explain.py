@@ -42,10 +42,19 @@ def _seeded(model, seed):
 
 
 def small_cnn(seed=0):
-    return _seeded(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, len(NAMES))), seed)
+    return _seeded(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, len(NAMES)),
+        ),
+        seed,
+    )
 
 
 class ChannelsLast(nn.Module):
@@ -70,8 +79,7 @@ def models(root):
 
     net = small_cnn()
     x = torch.zeros(1, 3, SIZE, SIZE)
-    paths = {"plain": root / "plain.onnx", "caffe": root / "caffe.onnx",
-             "nhwc": root / "nhwc.onnx"}
+    paths = {"plain": root / "plain.onnx", "caffe": root / "caffe.onnx", "nhwc": root / "nhwc.onnx"}
     from_torch(net, x, paths["plain"], preprocess="torchvision", labels=NAMES)
     from_torch(net, x, paths["caffe"], preprocess="caffe", labels=NAMES)
     from_torch(ChannelsLast(net), x.permute(0, 2, 3, 1), paths["nhwc"])
@@ -114,10 +122,17 @@ def _one_error(code, err):
 
 def test_presets_hand_worked():
     rgb = np.array([[[255, 0, 51]]], np.uint8)  # one pixel, R=255 G=0 B=51
-    caffe = to_tensor(rgb, Preprocessing(size=1, mean=(103.939, 116.779, 123.68),
-                                         std=(1, 1, 1), channel_order="bgr", pixel_max=255))
-    np.testing.assert_allclose(caffe.ravel(), [51 - 103.939, 0 - 116.779, 255 - 123.68],
-                               rtol=1e-6)
+    caffe = to_tensor(
+        rgb,
+        Preprocessing(
+            size=1,
+            mean=(103.939, 116.779, 123.68),
+            std=(1, 1, 1),
+            channel_order="bgr",
+            pixel_max=255,
+        ),
+    )
+    np.testing.assert_allclose(caffe.ravel(), [51 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)
     tf = to_tensor(rgb, Preprocessing(size=1, mean=(0.5,) * 3, std=(0.5,) * 3, layout="nhwc"))
     np.testing.assert_allclose(tf.ravel(), [1.0, -1.0, 51 / 127.5 - 1], rtol=1e-6)
     assert tf.shape == (1, 1, 1, 3)
@@ -156,8 +171,18 @@ def test_labels_and_targets(tmp_path):
 
 def test_target_by_name(capsys, models, photos, tmp_path):
     out = tmp_path / "m.npy"
-    code, stdout, err = _run(capsys, "explain", models["plain"], photos / "a.png",
-                             "--target", "date palm", "--method", "gradient", "--out", out)
+    code, stdout, err = _run(
+        capsys,
+        "explain",
+        models["plain"],
+        photos / "a.png",
+        "--target",
+        "date palm",
+        "--method",
+        "gradient",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert "target 3 'date palm'" in stdout
     x = _prepared(photos / "a.png", Preprocessing(size=SIZE))
@@ -165,7 +190,9 @@ def test_target_by_name(capsys, models, photos, tmp_path):
     np.testing.assert_allclose(np.load(out), ref, rtol=1e-5, atol=1e-7)
     code, _, err = _run(capsys, "explain", models["plain"], photos / "a.png", "--target", "banan")
     assert "did you mean 'banana'" in _one_error(code, err)
-    code, _, err = _run(capsys, "explain", models["plain"], photos / "a.png", "--labels", "imagenet")
+    code, _, err = _run(
+        capsys, "explain", models["plain"], photos / "a.png", "--labels", "imagenet"
+    )
     assert "1000 class names" in _one_error(code, err)
 
 
@@ -178,8 +205,16 @@ def test_nhwc_model_gives_the_nchw_map(capsys, models, photos, tmp_path):
     maps = {}
     for kind in ("plain", "nhwc"):
         out = tmp_path / f"{kind}.npy"
-        code, _, err = _run(capsys, "explain", models[kind], photos / "more" / "c.png",
-                            "--method", "tsgb", "--out", out)
+        code, _, err = _run(
+            capsys,
+            "explain",
+            models[kind],
+            photos / "more" / "c.png",
+            "--method",
+            "tsgb",
+            "--out",
+            out,
+        )
         assert code == 0, err
         maps[kind] = np.load(out)
     assert maps["nhwc"].shape == (1, SIZE, SIZE)
@@ -225,9 +260,28 @@ def test_new_user_folder_end_to_end(models, photos, tmp_path):
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tsgb_onnx.cli", "explain", models["plain"], str(photos),
-         "--top-k", "2", "--batch-size", "2", "--out-dir", str(out), "--format", "png,html,npy",
-         "--progress"], capture_output=True, text=True, timeout=120, env=env)
+        [
+            sys.executable,
+            "-m",
+            "tsgb_onnx.cli",
+            "explain",
+            models["plain"],
+            str(photos),
+            "--top-k",
+            "2",
+            "--batch-size",
+            "2",
+            "--out-dir",
+            str(out),
+            "--format",
+            "png,html,npy",
+            "--progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3/3 inputs" in proc.stderr  # the progress bar
     results = json.loads((out / "results.json").read_text())
@@ -239,8 +293,10 @@ def test_new_user_folder_end_to_end(models, photos, tmp_path):
     assert all(np.asarray(p).std() > 1 for p in pictures)  # nothing blank
     ex = Explainer(models["plain"], method="tsgb")
     for record in results["inputs"]:
-        x = _prepared(photos / (record["name"] + (".jpg" if record["name"] == "b" else ".png")),
-                      Preprocessing(size=SIZE))
+        x = _prepared(
+            photos / (record["name"] + (".jpg" if record["name"] == "b" else ".png")),
+            Preprocessing(size=SIZE),
+        )
         logits = ex.infer(x)[0]
         expected = [int(t) for t in np.argsort(-logits, kind="stable")[:2]]
         assert [m["target"] for m in record["maps"]] == expected
@@ -257,8 +313,18 @@ def test_new_user_folder_end_to_end(models, photos, tmp_path):
 
 def test_html_only_embeds_pictures(capsys, models, photos, tmp_path):
     out = tmp_path / "page"
-    code, stdout, err = _run(capsys, "explain", models["caffe"], photos / "b.jpg",
-                             "--out-dir", out, "--format", "html", "--colormap", "diverging")
+    code, stdout, err = _run(
+        capsys,
+        "explain",
+        models["caffe"],
+        photos / "b.jpg",
+        "--out-dir",
+        out,
+        "--format",
+        "html",
+        "--colormap",
+        "diverging",
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
     pictures = _check_page(out / "index.html")
@@ -270,8 +336,18 @@ def test_batch_size_does_not_change_maps(capsys, models, photos, tmp_path):
     maps = []
     for size in ("1", "3"):
         out = tmp_path / f"b{size}.npy"
-        code, _, err = _run(capsys, "explain", models["plain"], photos, "--batch-size", size,
-                            "--out", out, "--method", "gradient")
+        code, _, err = _run(
+            capsys,
+            "explain",
+            models["plain"],
+            photos,
+            "--batch-size",
+            size,
+            "--out",
+            out,
+            "--method",
+            "gradient",
+        )
         assert code == 0, err
         maps.append(np.load(out))
     assert maps[0].shape == (3, SIZE, SIZE)
@@ -279,8 +355,16 @@ def test_batch_size_does_not_change_maps(capsys, models, photos, tmp_path):
 
 
 def test_out_and_out_dir_exclude_each_other(capsys, models, photos, tmp_path):
-    code, _, err = _run(capsys, "explain", models["plain"], photos, "--out", tmp_path / "a.npy",
-                        "--out-dir", tmp_path / "d")
+    code, _, err = _run(
+        capsys,
+        "explain",
+        models["plain"],
+        photos,
+        "--out",
+        tmp_path / "a.npy",
+        "--out-dir",
+        tmp_path / "d",
+    )
     _one_error(code, err)
     code, _, err = _run(capsys, "explain", models["plain"], tmp_path / "empty_folder_missing")
     assert "does not exist" in _one_error(code, err)
@@ -297,13 +381,31 @@ def test_out_and_out_dir_exclude_each_other(capsys, models, photos, tmp_path):
 def signal_and_volume(root):
     from tsgb_onnx.io.export import from_torch
 
-    net1 = _seeded(nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-                                 nn.Flatten(), nn.Linear(4 * 32, 3)), 1)
-    net3 = _seeded(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
-                                 nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 3)), 2)
+    net1 = _seeded(
+        nn.Sequential(
+            nn.Conv1d(2, 4, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Flatten(),
+            nn.Linear(4 * 32, 3),
+        ),
+        1,
+    )
+    net3 = _seeded(
+        nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        ),
+        2,
+    )
     rng = np.random.default_rng(1)
-    data = {"signal": rng.standard_normal((2, 2, 64)).astype(np.float32),
-            "volume": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)}
+    data = {
+        "signal": rng.standard_normal((2, 2, 64)).astype(np.float32),
+        "volume": rng.standard_normal((1, 8, 8, 8)).astype(np.float32),
+    }
     paths = {}
     for name, net, x in (("signal", net1, data["signal"]), ("volume", net3, data["volume"])):
         paths[name] = root / f"{name}.onnx"
@@ -316,8 +418,18 @@ def signal_and_volume(root):
 def test_signal_and_volume(capsys, signal_and_volume, tmp_path, kind):
     paths, data, root = signal_and_volume
     out = tmp_path / kind
-    code, _, err = _run(capsys, "explain", paths[kind], root / f"{kind}.npy", "--out-dir", out,
-                        "--format", "npy,png,html", "--method", "gradient")
+    code, _, err = _run(
+        capsys,
+        "explain",
+        paths[kind],
+        root / f"{kind}.npy",
+        "--out-dir",
+        out,
+        "--format",
+        "npy,png,html",
+        "--method",
+        "gradient",
+    )
     assert code == 0, err
     x = data[kind] if kind == "signal" else data[kind][None]
     ref = Explainer(str(paths[kind]), method="gradient").explain(x).saliency

@@ -21,16 +21,24 @@ from tsgb_onnx import Explainer, MethodError, ModelError, UnsupportedOpError
 from tsgb_onnx.cli.main import main
 from tsgb_onnx.convert import ConvertWarning, convert, convert_vjp
 
-NETS = ["vgg16_style", "resnet50_style", "densenet_style", "mobilenetv2_style",
-        "silu_se_net", "cnn1d", "efficientnet_lite0"]
+NETS = [
+    "vgg16_style",
+    "resnet50_style",
+    "densenet_style",
+    "mobilenetv2_style",
+    "silu_se_net",
+    "cnn1d",
+    "efficientnet_lite0",
+]
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A plain ONNX Runtime session: no tsgb_onnx code on the path."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def close(got, expected, tol=1e-4):
@@ -59,8 +67,9 @@ def test_explainer_model_matches_engine(onnx_zoo, photos, name, dynamo, method):
     sess = session(model)
     classes = engine.infer(x).shape[1]
     mixed = np.array([1 % classes, -1, 4 % classes], dtype=np.int64)  # -1: that row's top-1
-    saliency, signal, logits = sess.run(["saliency", "signal", "logits"],
-                                        {"input": x, "target": mixed})
+    saliency, signal, logits = sess.run(
+        ["saliency", "signal", "logits"], {"input": x, "target": mixed}
+    )
     top1 = engine.infer(x).argmax(1)
     expected = engine.explain(x, target=np.where(mixed < 0, top1, mixed))
     close(saliency, expected.saliency)
@@ -134,26 +143,45 @@ def test_maxpool_ties_route_to_the_first_maximum(nd, p):
     rng = np.random.default_rng(7 + nd)
     x = rng.integers(0, 3, (2, 2) + spatial).astype(np.float32)
     k, s, d = p["kernel"], p["stride"], p["dil"]
-    model = make_model([N("MaxPool", ["X"], ["Y"], kernel_shape=[k] * nd, strides=[s] * nd,
-                          dilations=[d] * nd, pads=[p["pad"]] * (2 * nd),
-                          ceil_mode=int(p["ceil"]))], x.shape)
+    model = make_model(
+        [
+            N(
+                "MaxPool",
+                ["X"],
+                ["Y"],
+                kernel_shape=[k] * nd,
+                strides=[s] * nd,
+                dilations=[d] * nd,
+                pads=[p["pad"]] * (2 * nd),
+                ceil_mode=int(p["ceil"]),
+            )
+        ],
+        x.shape,
+    )
     sess = session(convert_vjp(model))
     y_shape = session(model).run(None, {"X": x})[0].shape
     seed = rng.standard_normal(y_shape).astype(np.float32)
     (got,) = sess.run(["signal"], {"X": x, "seed": seed})
-    np.testing.assert_allclose(got, Explainer(model, "gradient", backend="numpy").vjp(x, seed),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, Explainer(model, "gradient", backend="numpy").vjp(x, seed), rtol=1e-6, atol=1e-6
+    )
 
 
 def _small_tsgb_net(op: str, x_shape=(2, 4, 6, 6)):
     """Conv (grouped) -> op -> Relu -> GAP -> Gemm: TSGB-Conv, eq. 6 and TSGB-FC together."""
     rng = np.random.default_rng(5)
-    inits = {"W": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
-             "F": rng.standard_normal((4, 5)).astype(np.float32)}
+    inits = {
+        "W": rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+        "F": rng.standard_normal((4, 5)).astype(np.float32),
+    }
     nodes = [N("Conv", ["X", "W"], ["c"], group=2, pads=[1, 1, 1, 1], strides=[2, 1])]
     if op == "BatchNormalization":
-        for k, v in {"s": rng.uniform(0.5, 2, 4), "b": rng.standard_normal(4),
-                     "m": rng.standard_normal(4), "v": rng.uniform(0.5, 2, 4)}.items():
+        for k, v in {
+            "s": rng.uniform(0.5, 2, 4),
+            "b": rng.standard_normal(4),
+            "m": rng.standard_normal(4),
+            "v": rng.uniform(0.5, 2, 4),
+        }.items():
             inits[k] = v.astype(np.float32)
         nodes.append(N(op, ["c", "s", "b", "m", "v"], ["n"]))
     elif op == "InstanceNormalization":
@@ -163,36 +191,50 @@ def _small_tsgb_net(op: str, x_shape=(2, 4, 6, 6)):
     elif op == "LRN":
         nodes.append(N(op, ["c"], ["n"], size=3))
     elif op == "AveragePool":
-        nodes.append(N(op, ["c"], ["n"], kernel_shape=[2, 2], pads=[1, 1, 0, 0],
-                       count_include_pad=1))
-    nodes += [N("Relu", ["n"], ["r"]), N("GlobalAveragePool", ["r"], ["g"]),
-              N("Flatten", ["g"], ["f"]), N("Gemm", ["f", "F"], ["Y"])]
+        nodes.append(
+            N(op, ["c"], ["n"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], count_include_pad=1)
+        )
+    nodes += [
+        N("Relu", ["n"], ["r"]),
+        N("GlobalAveragePool", ["r"], ["g"]),
+        N("Flatten", ["g"], ["f"]),
+        N("Gemm", ["f", "F"], ["Y"]),
+    ]
     return make_model(nodes, x_shape, inits)
 
 
 @pytest.mark.parametrize("compat", [False, True])
-@pytest.mark.parametrize("op", ["BatchNormalization", "InstanceNormalization", "LRN",
-                                "AveragePool"])
+@pytest.mark.parametrize(
+    "op", ["BatchNormalization", "InstanceNormalization", "LRN", "AveragePool"]
+)
 def test_tsgb_rules_emit(op, compat):
     model = _small_tsgb_net(op)
     x = np.random.default_rng(9).standard_normal((2, 4, 6, 6)).astype(np.float32)
     x[1] = np.abs(x[1])  # one row without negatives: AveragePool's exact branch
-    engine = Explainer(model, method="tsgb", alpha=1.3, reference_compat=compat,
-                       backend="numpy")
+    engine = Explainer(model, method="tsgb", alpha=1.3, reference_compat=compat, backend="numpy")
     (saliency,) = session(convert(model, "tsgb", alpha=1.3, reference_compat=compat)).run(
-        ["saliency"], {"X": x, "target": np.array([1, 3])})
+        ["saliency"], {"X": x, "target": np.array([1, 3])}
+    )
     close(saliency, engine.explain(x, target=[1, 3]).saliency)
 
 
 def test_opset_upgrade_is_said(onnx_zoo):
     """MaxPool's backward needs ScatterElements(add), opset 16: an opset-13 model is upgraded."""
     rng = np.random.default_rng(2)
-    model = make_model([N("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
-                        N("MaxPool", ["c"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
-                        N("Flatten", ["p"], ["f"]), N("Gemm", ["f", "F"], ["Y"])],
-                       (1, 3, 8, 8), {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-                                      "F": rng.standard_normal((36, 5)).astype(np.float32)},
-                       opset=13)
+    model = make_model(
+        [
+            N("Conv", ["X", "W"], ["c"], pads=[1, 1, 1, 1]),
+            N("MaxPool", ["c"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+            N("Flatten", ["p"], ["f"]),
+            N("Gemm", ["f", "F"], ["Y"]),
+        ],
+        (1, 3, 8, 8),
+        {
+            "W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+            "F": rng.standard_normal((36, 5)).astype(np.float32),
+        },
+        opset=13,
+    )
     with pytest.warns(ConvertWarning, match="opset 13 to 16"):
         explainer = convert(model, method="gradient")
     assert [o.version for o in explainer.opset_import if o.domain == ""] == [16]
@@ -216,8 +258,7 @@ def test_refusals(onnx_zoo):
     dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "length"
     with pytest.raises(ModelError, match="dynamic size on axis 2"):
         convert(dynamic)
-    named = make_model([N("Relu", ["X"], ["saliency"]), N("Flatten", ["saliency"], ["Y"])],
-                       (1, 4))
+    named = make_model([N("Relu", ["X"], ["saliency"]), N("Flatten", ["saliency"], ["Y"])], (1, 4))
     with pytest.raises(ModelError, match="already has a tensor named 'saliency'"):
         convert(named)
     with pytest.raises(MethodError, match="method 'deeplift' needs a second .reference. forward"):
@@ -236,24 +277,31 @@ def test_cli_convert(tmp_path, onnx_zoo):
     assert [o.name for o in model.graph.output][-2:] == ["saliency", "signal"]
     x = onnx_zoo.example("cnn1d", 2, 0).numpy()
     (saliency,) = session(model).run(["saliency"], {"input": x, "target": np.array([0, 3])})
-    close(saliency, Explainer(proto, "tsgb", alpha=0.5, backend="numpy")
-          .explain(x, [0, 3]).saliency)
+    close(
+        saliency, Explainer(proto, "tsgb", alpha=0.5, backend="numpy").explain(x, [0, 3]).saliency
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-o", "{tmp}/x.txt"], "must end in .onnx"),
-    (["-o", "{tmp}/missing/x.onnx"], "does not exist"),
-    (["-o", "{src}"], "names the input model"),
-    (["-o", "{tmp}/x.onnx", "--method", "nope"], "nope"),
-    (["-o", "{tmp}/x.onnx", "--layer", "nope"], "layer 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "{tmp}/x.txt"], "must end in .onnx"),
+        (["-o", "{tmp}/missing/x.onnx"], "does not exist"),
+        (["-o", "{src}"], "names the input model"),
+        (["-o", "{tmp}/x.onnx", "--method", "nope"], "nope"),
+        (["-o", "{tmp}/x.onnx", "--layer", "nope"], "layer 'nope'"),
+    ],
+)
 def test_cli_convert_errors(tmp_path, onnx_zoo, args, message):
     _, proto = onnx_zoo.get("cnn1d", False)
     src = tmp_path / "m.onnx"
     onnx.save(proto, str(src))
     args = [a.format(tmp=tmp_path, src=src) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "tsgb_onnx.cli", "convert", str(src)] + args,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tsgb_onnx.cli", "convert", str(src)] + args,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tsgb: error:") and message in lines[0]
@@ -264,22 +312,32 @@ def test_explainer_backends_agree_and_fall_back(onnx_zoo):
     _, proto = onnx_zoo.get("vgg16_style", False)
     auto = Explainer(proto, method="tsgb")
     x = onnx_zoo.example("vgg16_style", 2, 5).numpy()
-    close(auto.explain(x, [1, 2]).saliency,
-          Explainer(proto, method="tsgb", backend="numpy").explain(x, [1, 2]).saliency)
+    close(
+        auto.explain(x, [1, 2]).saliency,
+        Explainer(proto, method="tsgb", backend="numpy").explain(x, [1, 2]).saliency,
+    )
     assert auto._compiled[None] is not None
     # a graph whose image size is dynamic: the engine runs it
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "W")
     f = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(4, 2), "F")
     g = helper.make_graph(
-        [N("Conv", ["X", "W"], ["c"]), N("Relu", ["c"], ["r"]),
-         N("GlobalAveragePool", ["r"], ["p"]), N("Flatten", ["p"], ["q"]),
-         N("Gemm", ["q", "F"], ["Y"], transB=1)], "g",
+        [
+            N("Conv", ["X", "W"], ["c"]),
+            N("Relu", ["c"], ["r"]),
+            N("GlobalAveragePool", ["r"], ["p"]),
+            N("Flatten", ["p"], ["q"]),
+            N("Gemm", ["q", "F"], ["Y"], transB=1),
+        ],
+        "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", 4])], [w, f])
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", 4])],
+        [w, f],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     dyn = Explainer(model, method="tsgb")
     result = dyn.explain(np.random.default_rng(0).standard_normal((1, 3, 7, 9)).astype(np.float32))
     assert result.saliency.shape == (1, 7, 9) and dyn._compiled[None] is None
     with pytest.raises(ModelError, match="dynamic size"):
         Explainer(model, method="tsgb", backend="compiled").explain(
-            np.zeros((1, 3, 7, 9), np.float32))
+            np.zeros((1, 3, 7, 9), np.float32)
+        )

@@ -6,8 +6,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tsgb_onnx import Explainer
-from tsgb_onnx.engine.executor import run_program
 from tsgb_onnx.backends.numpy_ops import NumpyOps
+from tsgb_onnx.engine.executor import run_program
 
 
 def test_gradient_records_only_what_rules_read(onnx_zoo):
@@ -55,11 +55,16 @@ def _tf_style_model():
         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
     ]
     graph = helper.make_graph(
-        nodes, "tf_style",
+        nodes,
+        "tf_style",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 9, 9, 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"),
-         numpy_helper.from_array(bias, "bias")])
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(fc, "fc"),
+            numpy_helper.from_array(bias, "bias"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
 
@@ -90,8 +95,9 @@ def test_tensorflow_style_graph(method, backend):
         assert np.abs(result.signal - expected).max() <= 1e-4 * np.abs(expected).max()
         np.testing.assert_allclose(result.logits, logits.detach().numpy(), rtol=1e-5, atol=1e-5)
     else:
-        assert [s.rule.label for s in explainer.program().steps if s.node.op_type == "MatMul"] \
-            == ["tsgb._tsgb_fc"]
+        assert [s.rule.label for s in explainer.program().steps if s.node.op_type == "MatMul"] == [
+            "tsgb._tsgb_fc"
+        ]
         assert np.isfinite(result.saliency).all()
 
 
@@ -136,8 +142,11 @@ def test_a_rule_returning_too_many_signals_is_named(onnx_zoo):
     x = onnx_zoo.example("vgg16_style", batch=1, seed=0).numpy()
     logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
     seed = np.eye(logits.shape[1], dtype=np.float32)[[0]]
-    with pytest.raises(ModelError, match=f"test.too_many returned 2 signals for node "
-                                         f"'{step.node.name}' \\(Relu\\), which has 1 input"):
+    with pytest.raises(
+        ModelError,
+        match=f"test.too_many returned 2 signals for node "
+        f"'{step.node.name}' \\(Relu\\), which has 1 input",
+    ):
         run_program(program, NumpyOps(), values, shapes, seed)
 
 
@@ -151,12 +160,22 @@ def test_rules_return_signals_only_for_inputs_they_differentiate(onnx_zoo):
     returned = []
     steps = []
     for step in program.steps:
+
         def wrapped(ops, node, fwd, grads, opts, _fn=step.rule.fn):
             out = _fn(ops, node, fwd, grads, opts)
             returned.append((node.op_type, len(out), len(node.inputs)))
             return out
-        steps.append(type(step)(**{**step.__dict__, "rule": type(step.rule)(
-            wrapped, step.rule.reads, step.rule.op_type, step.rule.rule_set)}))
+
+        steps.append(
+            type(step)(
+                **{
+                    **step.__dict__,
+                    "rule": type(step.rule)(
+                        wrapped, step.rule.reads, step.rule.op_type, step.rule.rule_set
+                    ),
+                }
+            )
+        )
     program.steps[:] = steps
     seed = np.eye(logits.shape[1], dtype=np.float32)[[1]]
     run_program(program, NumpyOps(), values, shapes, seed)

@@ -19,8 +19,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tsgb_onnx import (Explainer, InputError, MethodError, ModelError, TargetError, TsgbError,
-                       UnsupportedOpError)
+from tsgb_onnx import (
+    Explainer,
+    InputError,
+    MethodError,
+    ModelError,
+    TargetError,
+    TsgbError,
+    UnsupportedOpError,
+)
 from tsgb_onnx.cli.main import main
 
 NET = "vgg16_style"  # input [B, 3, 64, 64], 10 classes
@@ -70,12 +77,22 @@ def fixed_batch_path(onnx_zoo, tmp_path_factory):
 
     model = onnx_zoo.torch_model(NET).eval()
     path = tmp_path_factory.mktemp("fixed_batch") / "fixed.onnx"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        torch.no_grad(),
+    ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (onnx_zoo.example(NET, batch=1),), str(path),
-                          input_names=["input"], output_names=["logits"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (onnx_zoo.example(NET, batch=1),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
     return str(path)
 
 
@@ -106,10 +123,13 @@ def photo_png(tmp_path_factory):
 def _model(nodes, x_shape, outputs, inits=None, opset=17):
     """Model with float input X; `outputs` maps each graph output to its shape."""
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(shape))
-         for o, shape in outputs.items()],
+        [
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, list(shape))
+            for o, shape in outputs.items()
+        ],
         [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in (inits or {}).items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -225,13 +245,16 @@ def test_non_integer_target(gradient_explainer, x2):
 # --------------------------------------------------------------------------- inputs
 
 
-@pytest.mark.parametrize("shape, hint", [
-    ((3, 64, 64), "4-D"),          # wrong rank
-    ((1, 1, 3, 64, 64), "4-D"),    # wrong rank
-    ((2, 4, 64, 64), "axis 1"),    # wrong channel count
-    ((2, 3, 32, 32), "axis 2"),    # wrong spatial size
-    ((2, 3, 64, 48), "axis 3"),    # wrong spatial size
-])
+@pytest.mark.parametrize(
+    "shape, hint",
+    [
+        ((3, 64, 64), "4-D"),  # wrong rank
+        ((1, 1, 3, 64, 64), "4-D"),  # wrong rank
+        ((2, 4, 64, 64), "axis 1"),  # wrong channel count
+        ((2, 3, 32, 32), "axis 2"),  # wrong spatial size
+        ((2, 3, 64, 48), "axis 3"),  # wrong spatial size
+    ],
+)
 def test_wrong_input_shape(gradient_explainer, shape, hint):
     x = np.zeros(shape, np.float32)
     with pytest.raises(InputError) as info:
@@ -294,8 +317,7 @@ def two_output_model():
         helper.make_node("MatMul", ["X", "W1"], ["L1"], name="head1"),
         helper.make_node("MatMul", ["X", "W2"], ["L2"], name="head2"),
     ]
-    return _model(nodes, ["N", 6], {"L1": ["N", 4], "L2": ["N", 5]},
-                  {"W1": w1, "W2": w2}), w1, w2
+    return _model(nodes, ["N", 6], {"L1": ["N", 4], "L2": ["N", 5]}, {"W1": w1, "W2": w2}), w1, w2
 
 
 def test_two_outputs_need_output_argument(two_output_model):
@@ -399,8 +421,9 @@ def _run_cli(capsys, *argv):
 
 def test_cli_explain_npy_matches_api(capsys, tmp_path, model_path, npy_input, x2):
     out = tmp_path / "sal.npy"
-    code, stdout, err = _run_cli(capsys, "explain", model_path, npy_input,
-                                 "--method", "gradient", "--out", out)
+    code, stdout, err = _run_cli(
+        capsys, "explain", model_path, npy_input, "--method", "gradient", "--out", out
+    )
     assert code == 0, err
     saliency = np.load(out)
     assert saliency.shape == (2, 64, 64)
@@ -410,11 +433,22 @@ def test_cli_explain_npy_matches_api(capsys, tmp_path, model_path, npy_input, x2
 
 
 @pytest.mark.parametrize("target, expected", [("3", 3), ("1,2", [1, 2])])
-def test_cli_explain_target(capsys, tmp_path, model_path, npy_input, x2, gradient_explainer,
-                            target, expected):
+def test_cli_explain_target(
+    capsys, tmp_path, model_path, npy_input, x2, gradient_explainer, target, expected
+):
     out = tmp_path / "sal.npy"
-    code, stdout, err = _run_cli(capsys, "explain", model_path, npy_input,
-                                 "--method", "gradient", "--target", target, "--out", out)
+    code, stdout, err = _run_cli(
+        capsys,
+        "explain",
+        model_path,
+        npy_input,
+        "--method",
+        "gradient",
+        "--target",
+        target,
+        "--out",
+        out,
+    )
     assert code == 0, err
     ref = gradient_explainer.explain(x2, target=expected)
     np.testing.assert_allclose(np.load(out), ref.saliency, rtol=1e-6, atol=1e-7)
@@ -425,8 +459,9 @@ def test_cli_explain_target(capsys, tmp_path, model_path, npy_input, x2, gradien
 
 def test_cli_explain_tsgb_alpha(capsys, tmp_path, model_path, npy_input, x2):
     out = tmp_path / "sal.npy"
-    code, _, err = _run_cli(capsys, "explain", model_path, npy_input,
-                            "--method", "tsgb", "--alpha", "0.8", "--out", out)
+    code, _, err = _run_cli(
+        capsys, "explain", model_path, npy_input, "--method", "tsgb", "--alpha", "0.8", "--out", out
+    )
     assert code == 0, err
     ref = Explainer(model_path, method="tsgb", alpha=0.8).explain(x2).saliency
     default = Explainer(model_path, method="tsgb").explain(x2).saliency
@@ -439,8 +474,18 @@ def test_cli_explain_layer(capsys, tmp_path, model_path, npy_input, x2, gradient
     relus = [n for n in gradient_explainer.graph.nodes if n.op_type == "Relu"]
     layer = relus[2].outputs[0]  # a ReLU after the first pool: [B, 16, 32, 32]
     out = tmp_path / "sal_layer.npy"
-    code, _, err = _run_cli(capsys, "explain", model_path, npy_input, "--method", "gradient",
-                            "--layer", layer, "--out", out)
+    code, _, err = _run_cli(
+        capsys,
+        "explain",
+        model_path,
+        npy_input,
+        "--method",
+        "gradient",
+        "--layer",
+        layer,
+        "--out",
+        out,
+    )
     assert code == 0, err
     ref = gradient_explainer.explain(x2, layer=layer)
     assert ref.layer == layer
@@ -467,8 +512,9 @@ def test_cli_two_images_two_files(capsys, tmp_path, model_path, photo_png):
     from PIL import Image
 
     out = tmp_path / "x.png"
-    code, stdout, err = _run_cli(capsys, "explain", model_path, *photo_png,
-                                 "--method", "gradient", "--out", out)
+    code, stdout, err = _run_cli(
+        capsys, "explain", model_path, *photo_png, "--method", "gradient", "--out", out
+    )
     assert code == 0, err
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["x_chelsea.png", "x_coffee.png"]
@@ -495,8 +541,9 @@ def test_cli_inspect(capsys, model_path):
     assert steps > 10
     assert "0  " not in stdout.split("program: ")[1]  # no step listing without --program
 
-    code, stdout2, err = _run_cli(capsys, "inspect", model_path, "--method", "gradient",
-                                  "--program")
+    code, stdout2, err = _run_cli(
+        capsys, "inspect", model_path, "--method", "gradient", "--program"
+    )
     assert code == 0, err
     step_lines = [l for l in stdout2.splitlines() if l[:4].strip().isdigit()]
     assert len(step_lines) == steps
@@ -523,8 +570,8 @@ def bad_inputs(tmp_path_factory, x2):
     nan = x2.copy()
     nan[0, 1, 2, 3] = np.nan
     np.save(root / "nan.npy", nan)
-    np.save(root / "flat.npy", np.zeros((2, 3), np.float32))             # wrong rank
-    np.save(root / "small.npy", np.zeros((2, 3, 32, 32), np.float32))    # wrong size
+    np.save(root / "flat.npy", np.zeros((2, 3), np.float32))  # wrong rank
+    np.save(root / "small.npy", np.zeros((2, 3, 32, 32), np.float32))  # wrong size
     (root / "values.txt").write_text("1 2 3\n")
     return root
 
@@ -548,8 +595,9 @@ def test_cli_error_truncated_model(capsys, files, npy_input):
 
 
 def test_cli_error_target_out_of_range(capsys, model_path, npy_input):
-    code, _, err = _run_cli(capsys, "explain", model_path, npy_input, "--method", "gradient",
-                            "--target", "10")
+    code, _, err = _run_cli(
+        capsys, "explain", model_path, npy_input, "--method", "gradient", "--target", "10"
+    )
     line = _assert_one_error_line(code, err)
     assert "target 10 is out of range" in line
 
@@ -633,8 +681,9 @@ def test_cli_error_negative_size(capsys, model_path, photo_png):
 
 def test_cli_error_unsupported_output(capsys, model_path, npy_input, tmp_path):
     out = tmp_path / "result.jpg"
-    code, _, err = _run_cli(capsys, "explain", model_path, npy_input, "--method", "gradient",
-                            "--out", out)
+    code, _, err = _run_cli(
+        capsys, "explain", model_path, npy_input, "--method", "gradient", "--out", out
+    )
     line = _assert_one_error_line(code, err)
     assert "result.jpg" in line and ".npy or .png" in line
     assert not out.exists()
@@ -667,9 +716,14 @@ def test_cli_real_entry_point(files, npy_input, tmp_path):
         ["explain", str(files["model"]), str(tmp_path / "missing.png")],
     ]
     for argv in cases:
-        proc = subprocess.run([sys.executable, "-m", "tsgb_onnx.cli", *argv],
-                              capture_output=True, text=True, timeout=120, env=env,
-                              cwd=str(tmp_path))
+        proc = subprocess.run(
+            [sys.executable, "-m", "tsgb_onnx.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=str(tmp_path),
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         lines = proc.stderr.splitlines()

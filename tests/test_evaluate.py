@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsgb_onnx.evaluation import datasets
 from tsgb_onnx.cli.main import main
 from tsgb_onnx.errors import InputError, MethodError
+from tsgb_onnx.evaluation import datasets
 from tsgb_onnx.evaluation.evaluate import Settings, evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data"
@@ -24,9 +24,13 @@ def scenes6():
 
 @pytest.fixture(scope="module")
 def result(scenes6):
-    return evaluate(RESNET, scenes6, ["tsgb", "gradient"],
-                    ["pointing", "localization", "deletion", "insertion", "class_sensitivity"],
-                    settings=Settings(step=0.05))
+    return evaluate(
+        RESNET,
+        scenes6,
+        ["tsgb", "gradient"],
+        ["pointing", "localization", "deletion", "insertion", "class_sensitivity"],
+        settings=Settings(step=0.05),
+    )
 
 
 def test_scenes_have_ground_truth(scenes6):
@@ -48,12 +52,19 @@ def test_evaluate_table(result, scenes6):
     for r in result.results:
         assert r.error is None
         assert r.maps.shape == (n, 64, 64)
-        assert set(r.values) >= {"pointing", "loc_error", "deletion", "insertion",
-                                 "class_sensitivity", "images_per_s", "nan_maps"}
+        assert set(r.values) >= {
+            "pointing",
+            "loc_error",
+            "deletion",
+            "insertion",
+            "class_sensitivity",
+            "images_per_s",
+            "nan_maps",
+        }
         assert 0 <= r.values["deletion"] <= 1 and 0 <= r.values["insertion"] <= 1
         assert r.values["nan_maps"] == 0
     tsgb = result.results[0].values
-    assert tsgb["pointing"] >= 0.8            # a trained net and a class-selective method
+    assert tsgb["pointing"] >= 0.8  # a trained net and a class-selective method
     assert tsgb["insertion"] > tsgb["deletion"]
     table = result.markdown()
     assert table.count("\n| tsgb |") == 1 and "| gradient |" in table and "pointing game" in table
@@ -65,8 +76,7 @@ def test_targets_are_the_annotated_classes(result, scenes6):
     s = result.samples
     for i, t, label in zip(s.image, s.target, s.label):
         assert label in {o.label for o in scenes6.objects[i]}
-        assert t == next(
-            o.classes[0] for o in scenes6.objects[i] if o.label == label)
+        assert t == next(o.classes[0] for o in scenes6.objects[i] if o.label == label)
 
 
 def test_failing_method_is_reported_not_skipped(scenes6):
@@ -74,8 +84,9 @@ def test_failing_method_is_reported_not_skipped(scenes6):
     assert ev.results[0].error and "bogus" in ev.results[0].error
     assert "could not run" in ev.markdown()
     with pytest.raises(MethodError):
-        evaluate(RESNET, scenes6, ["tsgb"], ["pointing"], options={"tsgb": {"bogus": 1}},
-                 strict=True)
+        evaluate(
+            RESNET, scenes6, ["tsgb"], ["pointing"], options={"tsgb": {"bogus": 1}}, strict=True
+        )
     with pytest.raises(MethodError, match="available"):
         evaluate(RESNET, scenes6, ["no_such_method"], ["pointing"])
     with pytest.raises(InputError, match="unknown metric"):
@@ -97,10 +108,16 @@ def test_manifest_json_toml_and_csv_folder(tmp_path):
     from PIL import Image
 
     Image.fromarray(mask).save(tmp_path / "a_mask.png")
-    manifest = {"preprocess": {"size": 20, "mean": [0, 0, 0], "std": [1, 1, 1]},
-                "labels": {"thing": [3]},
-                "images": [{"file": "a.png", "objects": [
-                    {"label": "thing", "box": [40, 10, 60, 20], "mask": "a_mask.png"}]}]}
+    manifest = {
+        "preprocess": {"size": 20, "mean": [0, 0, 0], "std": [1, 1, 1]},
+        "labels": {"thing": [3]},
+        "images": [
+            {
+                "file": "a.png",
+                "objects": [{"label": "thing", "box": [40, 10, 60, 20], "mask": "a_mask.png"}],
+            }
+        ],
+    }
     (tmp_path / "m.json").write_text(json.dumps(manifest))
     ds = datasets.load_dataset(tmp_path / "m.json")
     assert ds.x.shape == (1, 3, 20, 20)
@@ -109,13 +126,15 @@ def test_manifest_json_toml_and_csv_folder(tmp_path):
     assert obj.mask.shape == (20, 20) and obj.mask[5:10, 10:15].all() and obj.mask.sum() == 25
     (tmp_path / "m.toml").write_text(
         '[preprocess]\nsize = 20\n[[images]]\nfile = "a.png"\n'
-        '[[images.objects]]\nlabel = "thing"\nclass = 3\nbox = [40, 10, 60, 20]\n')
+        '[[images.objects]]\nlabel = "thing"\nclass = 3\nbox = [40, 10, 60, 20]\n'
+    )
     assert datasets.load_dataset(tmp_path / "m.toml").objects[0][0].box == (10, 5, 15, 10)
     folder = tmp_path / "folder"
     folder.mkdir()
     _write_image(folder / "a.png")
-    (folder / "labels.csv").write_text("file,label,classes,x0,y0,x1,y1\na.png,thing,3|4,40,10,60,20\n"
-                                       "a.png,other,5,,,,\n")
+    (folder / "labels.csv").write_text(
+        "file,label,classes,x0,y0,x1,y1\na.png,thing,3|4,40,10,60,20\na.png,other,5,,,,\n"
+    )
     ds = datasets.load_dataset(folder, size=40)
     assert [o.classes for o in ds.objects[0]] == [(3, 4), (5,)]
     assert ds.objects[0][0].box == (20, 10, 30, 20) and ds.objects[0][1].box is None
@@ -143,9 +162,24 @@ def test_skimage_manifest_on_lite0():
 
 def test_cli_evaluate_writes_json_and_markdown(tmp_path, capsys):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
-    code = main(["evaluate", RESNET, "synthetic:3:2", "--methods", "tsgb",
-                 "--metrics", "pointing,deletion", "--step", "0.1", "--quiet",
-                 "--out", str(out), "--markdown", str(md)])
+    code = main(
+        [
+            "evaluate",
+            RESNET,
+            "synthetic:3:2",
+            "--methods",
+            "tsgb",
+            "--metrics",
+            "pointing,deletion",
+            "--step",
+            "0.1",
+            "--quiet",
+            "--out",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     assert set(doc["methods"]["tsgb"]["values"]) >= {"pointing", "deletion", "images_per_s"}

@@ -28,9 +28,15 @@ CLASSES = 5
 def torch_cnn(seed: int = 0):
     """Conv-ReLU-MaxPool-Conv-ReLU-Flatten-Linear with non-zero biases (32x32 input)."""
     g = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(4 * 16 * 16, CLASSES))
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 16 * 16, CLASSES),
+    )
     with torch.no_grad():
         for p in net.parameters():
             fan_in = p[0].numel() if p.ndim > 1 else 10
@@ -43,8 +49,12 @@ def torch_model():
     from tsgb_onnx.io.export import from_torch
 
     net = torch_cnn()
-    proto = from_torch(net, torch.zeros(1, 3, SIZE, SIZE), preprocess="tf",
-                       labels=[f"class {i}" for i in range(CLASSES)])
+    proto = from_torch(
+        net,
+        torch.zeros(1, 3, SIZE, SIZE),
+        preprocess="tf",
+        labels=[f"class {i}" for i in range(CLASSES)],
+    )
     return net, proto
 
 
@@ -90,11 +100,14 @@ def test_attach_metadata_validates_and_replaces(torch_model):
 # --------------------------------------------------------------------------- missing frameworks
 
 
-@pytest.mark.parametrize("module, call, extra", [
-    ("tensorflow", lambda: from_keras(object()), "keras"),
-    ("jax2onnx", lambda: from_jax(lambda p, x: x, None, np.zeros((1, 2))), "jax"),
-    ("paddle2onnx", lambda: from_paddle(object(), np.zeros((1, 2))), "paddle"),
-])
+@pytest.mark.parametrize(
+    "module, call, extra",
+    [
+        ("tensorflow", lambda: from_keras(object()), "keras"),
+        ("jax2onnx", lambda: from_jax(lambda p, x: x, None, np.zeros((1, 2))), "jax"),
+        ("paddle2onnx", lambda: from_paddle(object(), np.zeros((1, 2))), "paddle"),
+    ],
+)
 def test_missing_framework_names_the_extra(module, call, extra):
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed")
@@ -157,8 +170,11 @@ def test_keras_logits_match_torch(keras_model, torch_model, image_batch):
 
 # options that keep every method cheap on the 32x32 twin (SmoothGrad without noise: its noise
 # is drawn in the input's layout, so NCHW and NHWC copies would differ)
-TWIN_OPTIONS = {"groupcam": {"groups": 4}, "smoothgrad": {"n": 2, "sigma": 0.0},
-                "integrated_gradients": {"steps": 4}}
+TWIN_OPTIONS = {
+    "groupcam": {"groups": 4},
+    "smoothgrad": {"n": 2, "sigma": 0.0},
+    "integrated_gradients": {"steps": 4},
+}
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -170,10 +186,16 @@ def test_same_map_through_torch_and_keras(keras_model, torch_model, image_batch,
     _, torch_proto = torch_model
     targets = [2, 4]  # classes for which every method's map is non-zero on these images
     options = TWIN_OPTIONS.get(method, {})
-    ref = Explainer(torch_proto, method=method, **options).explain(
-        image_batch, target=targets).saliency
-    got = Explainer(keras_proto, method=method, **options).explain(
-        image_batch.transpose(0, 2, 3, 1), target=targets).saliency
+    ref = (
+        Explainer(torch_proto, method=method, **options)
+        .explain(image_batch, target=targets)
+        .saliency
+    )
+    got = (
+        Explainer(keras_proto, method=method, **options)
+        .explain(image_batch.transpose(0, 2, 3, 1), target=targets)
+        .saliency
+    )
     assert got.shape == ref.shape == (2, SIZE, SIZE)  # the image's geometry, channels summed
     top = np.abs(ref).max()
     assert top > 0
@@ -186,8 +208,11 @@ def test_channels_last_feature_map_as_gradcam_layer(keras_model, torch_model, im
     _, keras_proto = keras_model
     _, torch_proto = torch_model
     keras_ex = Explainer(keras_proto, method="gradcam")
-    nhwc = next(n.outputs[0] for n in keras_ex.graph.nodes if n.op_type == "Transpose"
-                and n.inputs[0] != keras_ex.graph.input_name)
+    nhwc = next(
+        n.outputs[0]
+        for n in keras_ex.graph.nodes
+        if n.op_type == "Transpose" and n.inputs[0] != keras_ex.graph.input_name
+    )
     assert keras_ex.graph.channel_axis(nhwc) == -1
     ref = Explainer(torch_proto, method="gradcam").explain(image_batch, target=[0, 2]).saliency
     got = keras_ex.explain(image_batch.transpose(0, 2, 3, 1), target=[0, 2], layer=nhwc).saliency
@@ -212,8 +237,9 @@ def test_keras_model_through_the_cli(keras_model, torch_model, tmp_path, capsys)
     maps = {}
     for kind, path in paths.items():
         out = tmp_path / f"{kind}.npy"
-        assert main(["explain", str(path), str(photo), "--target", "class 2",
-                     "--out", str(out)]) == 0
+        assert (
+            main(["explain", str(path), str(photo), "--target", "class 2", "--out", str(out)]) == 0
+        )
         maps[kind] = np.load(out)
     capsys.readouterr()
     top = np.abs(maps["torch"]).max()
@@ -247,18 +273,37 @@ def test_jax_export_matches_numpy(tmp_path):
 
     onnx.save(proto, str(tmp_path / "jax.onnx"))
     np.save(tmp_path / "x.npy", x)
-    assert main(["explain", str(tmp_path / "jax.onnx"), str(tmp_path / "x.npy"), "--method",
-                 "gradient", "--target", "0,4", "--out", str(tmp_path / "s.npy")]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), (expected * x).sum(-1),
-                               rtol=1e-4, atol=1e-5)
+    assert (
+        main(
+            [
+                "explain",
+                str(tmp_path / "jax.onnx"),
+                str(tmp_path / "x.npy"),
+                "--method",
+                "gradient",
+                "--target",
+                "0,4",
+                "--out",
+                str(tmp_path / "s.npy"),
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "s.npy"), (expected * x).sum(-1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_paddle_export_matches_paddle(tmp_path):
     paddle = pytest.importorskip("paddle")
     pytest.importorskip("paddle2onnx")
     paddle.seed(0)
-    layer = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding=1), paddle.nn.ReLU(),
-                                 paddle.nn.Flatten(), paddle.nn.Linear(4 * 8 * 8, CLASSES))
+    layer = paddle.nn.Sequential(
+        paddle.nn.Conv2D(3, 4, 3, padding=1),
+        paddle.nn.ReLU(),
+        paddle.nn.Flatten(),
+        paddle.nn.Linear(4 * 8 * 8, CLASSES),
+    )
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     proto = from_paddle(layer, x)
     expected = layer(paddle.to_tensor(x)).numpy()

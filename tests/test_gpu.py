@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from tsgb_onnx.backends import device
-from tsgb_onnx.engine import cuda
 from tsgb_onnx.backends.cupy_ops import FusedSteps, XpOps, conv_geometry, kernel_path
 from tsgb_onnx.backends.numpy_ops import NumpyOps
+from tsgb_onnx.engine import cuda
 from tsgb_onnx.errors import MethodError, RuntimeUnavailableError
 from tsgb_onnx.ir.geometry import Window
 from tsgb_onnx.rules.tsgb import tsgb_conv_step
@@ -102,9 +102,22 @@ def test_kernel_source_is_found():
 
 
 # -- XpOps on NumPy is NumpyOps --------------------------------------------------------------------
-_OPERATOR_ONLY = {"add", "sub", "mul", "div", "neg", "greater", "less", "mask", "reshape",
-                  "shape", "ndim", "sum_to_shape", "div_box_sum",
-                  "mask_below"}
+_OPERATOR_ONLY = {
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "neg",
+    "greater",
+    "less",
+    "mask",
+    "reshape",
+    "shape",
+    "ndim",
+    "sum_to_shape",
+    "div_box_sum",
+    "mask_below",
+}
 
 
 def test_xp_ops_overrides_every_numpy_specific_method():
@@ -126,8 +139,10 @@ def _windows(rng, nd, count):
 
 
 def _out_size(spatial, win):
-    return tuple((spatial[i] + win.pads[i] + win.pads[i + win.nd] - win.extent(i))
-                 // win.strides[i] + 1 for i in range(win.nd))
+    return tuple(
+        (spatial[i] + win.pads[i] + win.pads[i + win.nd] - win.extent(i)) // win.strides[i] + 1
+        for i in range(win.nd)
+    )
 
 
 def _spatial(rng, nd):
@@ -159,7 +174,6 @@ def test_xp_ops_elementwise_and_layout_match_numpy_ops():
     _same(xp.any_negative(a, (1, 2, 3)), ref.any_negative(a, (1, 2, 3)))
     _same(xp.transpose(a, (0, 2, 3, 1)), ref.transpose(a, (0, 2, 3, 1)))
     _same(xp.swap_last(a), ref.swap_last(a))
-    _same(xp.broadcast_to(a[:, :1], a.shape), ref.broadcast_to(a[:, :1], a.shape))
     _same(xp.expand_to(a[:, :1], a.shape), ref.expand_to(a[:, :1], a.shape))
     _same(xp.matmul(a, xp.swap_last(b)), ref.matmul(a, ref.swap_last(b)))
     _same(xp.concat([a, b], 1), ref.concat([a, b], 1))
@@ -171,15 +185,16 @@ def test_xp_ops_elementwise_and_layout_match_numpy_ops():
     _same(xp.one_hot(np.array([2, 0]), 4), ref.one_hot(np.array([2, 0]), 4))
     for size in (1, 2, 3, 5):
         _same(xp.channel_window_sum(a, size), ref.channel_window_sum(a, size))
-        _same(xp.channel_window_sum_transposed(a, size),
-              ref.channel_window_sum_transposed(a, size))
+        _same(xp.channel_window_sum_transposed(a, size), ref.channel_window_sum_transposed(a, size))
     index = (slice(None), slice(2, 0, -1), slice(0, 4, 2), slice(1, None))
     g = rng.standard_normal((2, 2, 2, 4)).astype(np.float32)
     _same(xp.scatter_slices(g, a.shape, index), ref.scatter_slices(g, a.shape, index))
     for mode in ("constant", "edge", "reflect", "wrap"):
         pads = [0, 1, 2, 1, 0, 2, 1, 2]
         gp = rng.standard_normal((2, 6, 7, 8)).astype(np.float32)
-        _same(xp.pad_input_grad(gp, a.shape, pads, mode), ref.pad_input_grad(gp, a.shape, pads, mode))
+        _same(
+            xp.pad_input_grad(gp, a.shape, pads, mode), ref.pad_input_grad(gp, a.shape, pads, mode)
+        )
 
 
 def test_xp_ops_window_steps_match_numpy_ops():
@@ -195,8 +210,10 @@ def test_xp_ops_window_steps_match_numpy_ops():
             _same(xp.box_sum_transposed(r, win, spatial), ref.box_sum_transposed(r, win, spatial))
             _same(xp.maxpool_input_grad(x, r, win), ref.maxpool_input_grad(x, r, win))
             for include in (False, True):
-                _same(xp.avgpool_divisor(spatial, out, win, include),
-                      ref.avgpool_divisor(spatial, out, win, include))
+                _same(
+                    xp.avgpool_divisor(spatial, out, win, include),
+                    ref.avgpool_divisor(spatial, out, win, include),
+                )
 
 
 def test_im2col_conv_and_conv_input_grad_match_numpy_ops():
@@ -235,8 +252,9 @@ def _run_with(explainer, ops, x, target):
     return ops.to_numpy(signal)
 
 
-@pytest.mark.parametrize("net", ["resnet50_style", "densenet_style", "mobilenetv2_style",
-                                 "silu_se_net", "cnn1d"])
+@pytest.mark.parametrize(
+    "net", ["resnet50_style", "densenet_style", "mobilenetv2_style", "silu_se_net", "cnn1d"]
+)
 def test_xp_ops_runs_every_rule_like_numpy_ops(onnx_zoo, net):
     """`gradient` and `tsgb` programs of reference nets: XpOps(numpy) == NumpyOps."""
     from tsgb_onnx import Explainer
@@ -258,8 +276,9 @@ def _flat(a):
     return a.reshape(-1)
 
 
-def _t_group_sums(y, g, x, relevance, mass, batch, groups, n_per_group, m_per_group,
-                  out_size, in_size):
+def _t_group_sums(
+    y, g, x, relevance, mass, batch, groups, n_per_group, m_per_group, out_size, in_size
+):
     y, g, x, relevance, mass = map(_flat, (y, g, x, relevance, mass))
     n_rel, n_mass = batch * groups * out_size, batch * groups * in_size
     i = np.arange(n_rel + n_mass, dtype=np.int64)
@@ -283,8 +302,9 @@ def _gather(flat_array, index, valid):
     return np.where(valid, flat_array[np.clip(index, 0, flat_array.size - 1)], np.float32(0))
 
 
-def _t_box_ratio(ratio, mass, planes, s0, s1, s2, o0, o1, o2, k0, k1, k2, st0, st1, st2,
-                 d0, d1, d2, p0, p1, p2):
+def _t_box_ratio(
+    ratio, mass, planes, s0, s1, s2, o0, o1, o2, k0, k1, k2, st0, st1, st2, d0, d1, d2, p0, p1, p2
+):
     ratio, mass = _flat(ratio), _flat(mass)
     out_size, in_size = o0 * o1 * o2, s0 * s1 * s2
     i = np.arange(planes * out_size, dtype=np.int64)
@@ -302,8 +322,31 @@ def _t_box_ratio(ratio, mass, planes, s0, s1, s2, o0, o1, o2, k0, k1, k2, st0, s
     ratio[i] = ratio[i] / (box + np.float32(1e-10))
 
 
-def _t_spread_sign(ratio, x, gx, planes, m_per_group, s0, s1, s2, o0, o1, o2, k0, k1, k2,
-                   st0, st1, st2, d0, d1, d2, p0, p1, p2):
+def _t_spread_sign(
+    ratio,
+    x,
+    gx,
+    planes,
+    m_per_group,
+    s0,
+    s1,
+    s2,
+    o0,
+    o1,
+    o2,
+    k0,
+    k1,
+    k2,
+    st0,
+    st1,
+    st2,
+    d0,
+    d1,
+    d2,
+    p0,
+    p1,
+    p2,
+):
     ratio, x, gx = map(_flat, (ratio, x, gx))
     out_size, in_size = o0 * o1 * o2, s0 * s1 * s2
     i = np.arange(planes * in_size, dtype=np.int64)
@@ -345,9 +388,13 @@ def _t_fc_combine(positive, negative, g, h, batch, classes, alpha):
     h[b * 2 * classes + classes + n] = scale * g[i]
 
 
-_TRANSCRIPTIONS = {"tsgb_group_sums": _t_group_sums, "tsgb_box_ratio": _t_box_ratio,
-                   "tsgb_spread_sign": _t_spread_sign, "tsgb_eq6": _t_eq6,
-                   "tsgb_fc_combine": _t_fc_combine}
+_TRANSCRIPTIONS = {
+    "tsgb_group_sums": _t_group_sums,
+    "tsgb_box_ratio": _t_box_ratio,
+    "tsgb_spread_sign": _t_spread_sign,
+    "tsgb_eq6": _t_eq6,
+    "tsgb_fc_combine": _t_fc_combine,
+}
 
 
 def transcription_launch(name, threads, args):
@@ -386,8 +433,9 @@ class ShimKernels:
                 raise TypeError(f"kernel argument of type {type(a).__name__}")
         fn = getattr(self.lib, name)
         fn.restype = None
-        dims = {n: _Uint3.in_dll(self.lib, n) for n in ("threadIdx", "blockIdx", "blockDim",
-                                                        "gridDim")}
+        dims = {
+            n: _Uint3.in_dll(self.lib, n) for n in ("threadIdx", "blockIdx", "blockDim", "gridDim")
+        }
         dims["blockDim"].x, dims["gridDim"].x = self.block, self.blocks
         for b in range(self.blocks):
             for t in range(self.block):
@@ -407,9 +455,23 @@ def shim_launch(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kernels")
     (folder / "shim.h").write_text(_SHIM)
     library = folder / "tsgb_steps.so"
-    subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-x", "c++", "-include",
-                    str(folder / "shim.h"), kernel_path(), "-o", str(library)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            compiler,
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-x",
+            "c++",
+            "-include",
+            str(folder / "shim.h"),
+            kernel_path(),
+            "-o",
+            str(library),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return ShimKernels(library)
 
 
@@ -425,8 +487,12 @@ def _conv_cases(rng):
         for case, win in enumerate(_windows(rng, nd, 3)):
             groups, per_in, per_out = [(1, 3, 4), (2, 2, 3), (3, 1, 1)][case]
             spatial = _spatial(rng, nd)
-            yield win, groups, (2, groups * per_in) + spatial, (2, groups * per_out) + _out_size(
-                spatial, win)
+            yield (
+                win,
+                groups,
+                (2, groups * per_in) + spatial,
+                (2, groups * per_out) + _out_size(spatial, win),
+            )
     yield Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0)), 1, (2, 5, 4, 3), (2, 6, 4, 3)
 
 
@@ -445,7 +511,25 @@ def test_fused_conv_step_matches_the_composition(launch):
 def test_conv_geometry_pads_to_three_axes():
     win = Window((3,), (2,), (1,), (1, 2))
     assert conv_geometry((1, 2, 9), (1, 4, 5), win) == (
-        1, 1, 9, 1, 1, 5, 1, 1, 3, 1, 1, 2, 1, 1, 1, 0, 0, 1)
+        1,
+        1,
+        9,
+        1,
+        1,
+        5,
+        1,
+        1,
+        3,
+        1,
+        1,
+        2,
+        1,
+        1,
+        1,
+        0,
+        0,
+        1,
+    )
 
 
 def test_fused_eq6_step_matches_the_rule(launch):
@@ -470,11 +554,11 @@ def test_fused_fc_step_matches_the_rule(launch, compat):
     ref, alpha = NumpyOps(), 0.5
     w_pos, w_neg = ref.maximum(w, 0.0), ref.minimum(w, 0.0)
     positive = ref.matmul(x, w_pos)
-    negative = (ref.abs(ref.matmul(x, w_neg)) if compat
-                else ref.matmul(ref.abs(x), ref.abs(w_neg)))
+    negative = ref.abs(ref.matmul(x, w_neg)) if compat else ref.matmul(ref.abs(x), ref.abs(w_neg))
     scale = ref.mul(ref.div_stab(positive, negative), alpha)
-    want = ref.add(ref.matmul(g, ref.swap_last(w_pos)),
-                   ref.matmul(ref.mul(scale, g), ref.swap_last(w_neg)))
+    want = ref.add(
+        ref.matmul(g, ref.swap_last(w_pos)), ref.matmul(ref.mul(scale, g), ref.swap_last(w_neg))
+    )
     fused = FusedSteps(np, launch)
     _same(fused.tsgb_fc_step(x, w, g, alpha, compat), want, 1e-5)
     _same(fused.tsgb_fc_step(x[None], w, g[None], alpha, compat), want[None], 1e-5)  # batched
@@ -544,8 +628,15 @@ def test_ortvalue_dtype_names():
 
 
 # -- GPU: CuPy executor == NumPy executor ----------------------------------------------------------
-GPU_NETS = ["vgg16_style", "resnet50_style", "densenet_style", "mobilenetv2_style",
-            "silu_se_net", "cnn1d", "efficientnet_lite0"]
+GPU_NETS = [
+    "vgg16_style",
+    "resnet50_style",
+    "densenet_style",
+    "mobilenetv2_style",
+    "silu_se_net",
+    "cnn1d",
+    "efficientnet_lite0",
+]
 
 
 def _map(signal, x):
@@ -575,21 +666,35 @@ def test_cupy_executor_equals_numpy_executor(onnx_zoo, net, method):
     program = explainer.program()
     logits, values, shapes = explainer.recorder.run(x, program.record, program.record_shapes)
     target = np.array([0, 1, 3, 2]) % logits.shape[1]  # mixed targets
-    want = _map(run_program(program, NumpyOps(), dict(values), dict(shapes),
-                            NumpyOps().one_hot(target, logits.shape[1]), {}), x)
+    want = _map(
+        run_program(
+            program,
+            NumpyOps(),
+            dict(values),
+            dict(shapes),
+            NumpyOps().one_hot(target, logits.shape[1]),
+            {},
+        ),
+        x,
+    )
     ops = CupyOps()
     seed = ops.one_hot(target, logits.shape[1])
     # activations recorded on the CPU, moved to the GPU
     on_gpu = {k: cupy.asarray(v) for k, v in values.items()}
-    _close_maps(_map(ops.to_numpy(run_program(program, ops, on_gpu, dict(shapes), seed, {})), x),
-                want)
+    _close_maps(
+        _map(ops.to_numpy(run_program(program, ops, on_gpu, dict(shapes), seed, {})), x), want
+    )
     if _ort_has_cuda():  # recorded by ONNX Runtime on CUDA, handed over without a copy
         recorder = cuda.CudaForwardRecorder(explainer.graph)
         cuda_logits, cuda_values, cuda_shapes = recorder.run(
-            x, program.record, program.record_shapes)
+            x, program.record, program.record_shapes
+        )
         np.testing.assert_allclose(cuda_logits, logits, rtol=1e-3, atol=1e-3)
-        owners = [weakref.ref(v.data.mem.owner) for k, v in cuda_values.items()
-                  if k != explainer.graph.input_name]
+        owners = [
+            weakref.ref(v.data.mem.owner)
+            for k, v in cuda_values.items()
+            if k != explainer.graph.input_name
+        ]
         signal = run_program(program, ops, cuda_values, cuda_shapes, seed, {})
         _close_maps(_map(ops.to_numpy(signal), x), want)
         del cuda_values
@@ -613,9 +718,13 @@ def test_cupy_kernels_equal_the_composition():
         got = tsgb_conv_step(ops, cupy.asarray(x), cupy.asarray(y), cupy.asarray(g), win, groups)
         _same(cupy.asnumpy(got), want, 1e-5)
         w = rng.standard_normal((y_shape[1], x_shape[1] // groups) + win.kernel).astype(np.float32)
-        _same(cupy.asnumpy(ops.conv_input_grad(cupy.asarray(g), cupy.asarray(w), x_shape, win,
-                                               groups)),
-              NumpyOps().conv_input_grad(g, w, x_shape, win, groups), 1e-5)
+        _same(
+            cupy.asnumpy(
+                ops.conv_input_grad(cupy.asarray(g), cupy.asarray(w), x_shape, win, groups)
+            ),
+            NumpyOps().conv_input_grad(g, w, x_shape, win, groups),
+            1e-5,
+        )
 
 
 @needs_gpu
@@ -677,7 +786,8 @@ def test_cli_device_cuda_without_a_gpu_exits_2_with_one_line(onnx_zoo, tmp_path,
     path, _ = onnx_zoo.get("vgg16_style", False)
     x = tmp_path / "x.npy"
     np.save(x, onnx_zoo.example("vgg16_style", batch=1).numpy())
-    code = main(["explain", str(path), str(x), "--device", "cuda", "--out",
-                 str(tmp_path / "m.npy")])
+    code = main(
+        ["explain", str(path), str(x), "--device", "cuda", "--out", str(tmp_path / "m.npy")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("tsgb: error: device='cuda'")

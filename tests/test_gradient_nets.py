@@ -6,8 +6,15 @@ import torch
 
 from tsgb_onnx import Explainer
 
-NETS = ["vgg16_style", "resnet50_style", "densenet_style", "mobilenetv2_style",
-        "silu_se_net", "cnn1d", "efficientnet_lite0"]
+NETS = [
+    "vgg16_style",
+    "resnet50_style",
+    "densenet_style",
+    "mobilenetv2_style",
+    "silu_se_net",
+    "cnn1d",
+    "efficientnet_lite0",
+]
 
 
 def autograd_signal(model, x, target):
@@ -40,8 +47,9 @@ def test_gradient_matches_autograd(onnx_zoo, name, dynamo, backend):
     scale = np.abs(expected).max()
     assert scale > 0
     assert np.abs(result.signal - expected).max() <= 1e-4 * scale
-    np.testing.assert_allclose(result.saliency, (expected * x).sum(1),
-                               atol=1e-4 * np.abs((expected * x).sum(1)).max())
+    np.testing.assert_allclose(
+        result.saliency, (expected * x).sum(1), atol=1e-4 * np.abs((expected * x).sum(1)).max()
+    )
 
 
 @pytest.mark.parametrize("backend", ["compiled", "numpy"])
@@ -53,7 +61,7 @@ def test_batch_rows_are_independent(onnx_zoo, name, backend):
     target = [0, 5, 2, 9]
     together = explainer.explain(x, target=target)
     for i in range(4):
-        alone = explainer.explain(x[i:i + 1], target=target[i])
+        alone = explainer.explain(x[i : i + 1], target=target[i])
         scale = np.abs(alone.signal).max()
         assert np.abs(together.signal[i] - alone.signal[0]).max() <= 1e-5 * scale
         assert together.target[i] == target[i]

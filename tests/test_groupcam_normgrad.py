@@ -40,7 +40,7 @@ def _hooked(model, module, x, targets):
 # -- Group-CAM (Algorithm 1) -------------------------------------------------------------------
 def _torch_blur(x, size=51, sigma=50.0):
     k = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    k = torch.exp(-k ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(k**2) / (2 * sigma**2))
     k = k / k.sum()
     c = x.shape[1]
     r = (size - 1) // 2
@@ -55,24 +55,25 @@ def _groupcam_reference(model, module, x, targets, groups=32, theta=70.0):
     w = g.mean(dim=(2, 3), keepdim=True)
     weighted = w * a
     chunks = torch.tensor_split(torch.arange(a.shape[1]), groups)
-    masks = torch.stack([F.relu(weighted[:, idx].sum(1)) for idx in chunks], 1)   # B,G,h,w
+    masks = torch.stack([F.relu(weighted[:, idx].sum(1)) for idx in chunks], 1)  # B,G,h,w
     flat = masks.flatten(2)
     cut = torch.quantile(flat, theta / 100.0, dim=2).view(*masks.shape[:2], 1, 1)
     masks = torch.where(masks > cut, masks, torch.zeros_like(masks))
     masks = F.interpolate(masks, size=x.shape[2:], mode="bilinear", align_corners=False)
     lo = masks.flatten(2).min(2)[0][..., None, None]
     hi = masks.flatten(2).max(2)[0][..., None, None]
-    masks = torch.where(hi > lo, (masks - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)),
-                        masks)
+    masks = torch.where(
+        hi > lo, (masks - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), masks
+    )
     image = torch.from_numpy(x)
     blurred = _torch_blur(image)
     out = []
     with torch.no_grad():
         for b, c in enumerate(targets):
-            base = F.softmax(model(blurred[b:b + 1]), 1)[0, c]
+            base = F.softmax(model(blurred[b : b + 1]), 1)[0, c]
             total = torch.zeros(x.shape[2:])
             for m in masks[b]:
-                mixed = image[b:b + 1] * m + blurred[b:b + 1] * (1 - m)
+                mixed = image[b : b + 1] * m + blurred[b : b + 1] * (1 - m)
                 gain = F.softmax(model(mixed), 1)[0, c] - base
                 total += gain * m
             total = F.relu(total)
@@ -140,9 +141,16 @@ def _contribution_norms(conv, x_in, g_out):
             mask[:, :, i, j] = 1
             for r in range(b):
                 weight = conv.weight.detach().clone().double().requires_grad_(True)
-                y = F.conv2d(x_in[r:r + 1].double(), weight, None, conv.stride, conv.padding,
-                             conv.dilation, conv.groups)
-                (y * (g_out[r:r + 1].double() * mask[r:r + 1])).sum().backward()
+                y = F.conv2d(
+                    x_in[r : r + 1].double(),
+                    weight,
+                    None,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    conv.groups,
+                )
+                (y * (g_out[r : r + 1].double() * mask[r : r + 1])).sum().backward()
                 out[r, i, j] = weight.grad.norm()
     return out
 
@@ -153,8 +161,12 @@ def test_normgrad_at_an_existing_conv_equals_per_location_weight_gradients():
     from tsgb_onnx.io.export import from_torch
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(6 * 6 * 6, 5)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 5),
+    ).eval()
     x = torch.randn(2, 4, 12, 12)
     proto = from_torch(net, x)
     result = Explainer(proto, method="normgrad", variant="conv").explain(x.numpy(), TARGETS)
@@ -188,8 +200,13 @@ def test_normgrad_multi_layer_combination(onnx_zoo, combine):
     deep = ex.explain(x, TARGETS).layer  # the default layer: layer4's output
     # layer3's output is what the first Conv of layer4 reads
     mid = next(n for n in ex.graph.nodes if n.op_type == "Conv" and "layer4" in n.name).inputs[0]
-    got = Explainer(proto, method="normgrad", layers=f"{mid},{deep}", weights=[0.25, 0.75],
-                    combine=combine).explain(x, TARGETS).saliency
+    got = (
+        Explainer(
+            proto, method="normgrad", layers=f"{mid},{deep}", weights=[0.25, 0.75], combine=combine
+        )
+        .explain(x, TARGETS)
+        .saliency
+    )
     maps = []
     for module in (model.layer3, model.layer4):
         _, a, g = _hooked(model, module, x, TARGETS)
@@ -233,13 +250,13 @@ def test_meta_saliency_matches_one_sgd_step_in_torch(onnx_zoo):
     want = []
     for row, cls in enumerate(TARGETS):
         stepped = copy.deepcopy(model)
-        xt = torch.from_numpy(x[row:row + 1])
+        xt = torch.from_numpy(x[row : row + 1])
         stepped.zero_grad()
         stepped(xt)[0, cls].backward()
         with torch.no_grad():
             for p in stepped.parameters():
                 p += lr * p.grad
-        _, a, g = _hooked(stepped, stepped.features, x[row:row + 1], [cls])
+        _, a, g = _hooked(stepped, stepped.features, x[row : row + 1], [cls])
         want.append(_up(g.norm(dim=1) * a.norm(dim=1)).numpy()[0])
     _close(got.saliency, np.stack(want), 1e-3)
     assert np.abs(got.saliency - plain).max() > 1e-3 * np.abs(plain).max()  # the step matters
@@ -274,8 +291,11 @@ def test_weight_gradients_match_autograd(onnx_zoo):
     matched = 0
     for name, grad in grads.items():
         value = by_value[name]
-        param = next(p for p in params if tuple(p.shape) == value.shape
-                     and np.array_equal(p.detach().numpy(), value))
+        param = next(
+            p
+            for p in params
+            if tuple(p.shape) == value.shape and np.array_equal(p.detach().numpy(), value)
+        )
         _close(grad, param.grad.numpy(), 1e-4)
         matched += 1
     assert matched == len(params)  # every conv and linear weight and bias
@@ -297,6 +317,7 @@ def _moved_logit(proto, inits, feed, cls):
                 init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor))
         s = ort.InferenceSession(moved.SerializeToString(), providers=["CPUExecutionProvider"])
         return float(s.run(None, {s.get_inputs()[0].name: feed})[0][0, cls])
+
     return logit
 
 
@@ -315,7 +336,9 @@ def test_weight_gradients_match_finite_differences(onnx_zoo, name):
 
     logit = _moved_logit(proto, inits, x, 3)
 
-    checked = [k for k in grads if grads[k].ndim >= 2][:2] + [k for k in grads if grads[k].ndim >= 2][-2:]
+    checked = [k for k in grads if grads[k].ndim >= 2][:2] + [
+        k for k in grads if grads[k].ndim >= 2
+    ][-2:]
     checked += [k for k in grads if grads[k].ndim == 1][:1]
     for tensor in checked:
         index = np.unravel_index(np.argmax(np.abs(grads[tensor])), grads[tensor].shape)
@@ -339,16 +362,21 @@ def test_weight_gradients_of_batch_normalization_match_finite_differences():
         "var": rng.uniform(0.5, 2, 4).astype(np.float32),
         "fc": rng.standard_normal((4, 5)).astype(np.float32),
     }
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
-             helper.make_node("Relu", ["n"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["logits"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"]),
+    ]
     graph = helper.make_graph(
-        nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
     grads = weight_gradients(Explainer(proto, method="gradient"), x, 2)

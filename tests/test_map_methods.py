@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from nets import init_deterministic
 from onnx_builders import make_model, node
+
 from tsgb_onnx import Explainer, MethodError
 from tsgb_onnx.io.export import from_torch
 
@@ -43,8 +43,10 @@ def _autograd(model, modules, x, targets):
     """(logits, x, grad_x, [(output, grad) of each module]) for the sum of the target logits
     (rows are independent in eval mode, so each row gets its own target's gradient)."""
     store = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: store.__setitem__(k, out))
-             for k, m in enumerate(modules)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, k=k: store.__setitem__(k, out))
+        for k, m in enumerate(modules)
+    ]
     try:
         xt = torch.tensor(x, requires_grad=True)
         logits = model(xt)
@@ -54,8 +56,12 @@ def _autograd(model, modules, x, targets):
     picked = logits[torch.arange(len(targets)), torch.as_tensor(targets)].sum()
     outs = [store[k] for k in range(len(modules))]
     grads = torch.autograd.grad(picked, [xt] + outs)
-    return (logits.detach(), xt.detach(), grads[0],
-            [(o.detach(), g) for o, g in zip(outs, grads[1:])])
+    return (
+        logits.detach(),
+        xt.detach(),
+        grads[0],
+        [(o.detach(), g) for o, g in zip(outs, grads[1:])],
+    )
 
 
 # -- small nets of our own -------------------------------------------------------------------
@@ -127,9 +133,14 @@ def _gradcam_reference(model, module, x, targets, mode):
 
 
 # (net, module whose output is the default CAM layer: the last spatial tensor before pooling)
-CAM_NETS = [("resnet50_style", "layer4"), ("vgg16_style", "features"),
-            ("mobilenetv2_style", "features"), ("densenet_style", "features"),
-            ("silu_se_net", "act3"), ("cnn1d", "features")]
+CAM_NETS = [
+    ("resnet50_style", "layer4"),
+    ("vgg16_style", "features"),
+    ("mobilenetv2_style", "features"),
+    ("densenet_style", "features"),
+    ("silu_se_net", "act3"),
+    ("cnn1d", "features"),
+]
 
 
 @pytest.mark.parametrize("name,module", CAM_NETS)
@@ -189,8 +200,7 @@ def _fullgrad_reference(model, biased, x, targets):
     total = _normalise(xt * gx).sum(1)
     for (_, g), (_, b) in zip(taken, biased):
         term = _normalise(g * b.view(1, -1, 1, 1))
-        total += F.interpolate(term, size=x.shape[2:], mode="bilinear",
-                               align_corners=True).sum(1)
+        total += F.interpolate(term, size=x.shape[2:], mode="bilinear", align_corners=True).sum(1)
     return total.numpy()
 
 
@@ -200,8 +210,11 @@ def test_fullgrad_matches_autograd_on_small_net(relu_net):
     assert ops.count("Conv") == 2 and ops.count("BatchNormalization") == 1  # nothing folded
     x = _x32(3, 0)
     targets = [0, 3, 2]
-    biased = [(model.c1, model.c1.bias.detach()), (model.bn, _bn_shift(model.bn)),
-              (model.c2, model.c2.bias.detach())]
+    biased = [
+        (model.c1, model.c1.bias.detach()),
+        (model.bn, _bn_shift(model.bn)),
+        (model.c2, model.c2.bias.detach()),
+    ]
     want = _fullgrad_reference(model, biased, x, targets)
     got = Explainer(proto, method="fullgrad").explain(x, target=targets)
     assert got.saliency.shape == (3, 32, 32)
@@ -242,10 +255,12 @@ def test_fullgrad_matches_autograd_on_reference_nets(onnx_zoo, name, kept):
 #   m = [1, 4/7]; x - x0 = [-1, 3].
 #   target 0: at z [1, -4/7] -> at x [11/7, -1/7]; times (x - x0) = [-11/7, -3/7], sum -2.
 #   target 1: at z [2, 4/7] -> at x [10/7, 22/7]; times (x - x0) = [-10/7, 66/7], sum 8.
-HAND_MLP = dict(w1=np.array([[1.0, -1.0], [1.0, 2.0]], np.float32),
-                b1=np.array([-1.0, 1.0], np.float32),
-                w2=np.array([[1.0, 2.0], [-1.0, 1.0]], np.float32),
-                b2=np.array([0.5, 0.0], np.float32))
+HAND_MLP = dict(
+    w1=np.array([[1.0, -1.0], [1.0, 2.0]], np.float32),
+    b1=np.array([-1.0, 1.0], np.float32),
+    w2=np.array([[1.0, 2.0], [-1.0, 1.0]], np.float32),
+    b2=np.array([0.5, 0.0], np.float32),
+)
 X_HAND = np.array([[1.0, 2.0], [1.0, 2.0]], np.float32)
 HAND_EXPECTED = {  # baseline -> (attribution rows for targets [0, 1])
     0.0: [[5 / 3, -8 / 3], [1 / 3, 20 / 3]],
@@ -254,21 +269,26 @@ HAND_EXPECTED = {  # baseline -> (attribution rows for targets [0, 1])
 
 
 def _hand_mlp():
-    nodes = [node("Gemm", ["X", "w1", "b1"], ["z"]), node("Relu", ["z"], ["h"]),
-             node("Gemm", ["h", "w2", "b2"], ["Y"])]
+    nodes = [
+        node("Gemm", ["X", "w1", "b1"], ["z"]),
+        node("Relu", ["z"], ["h"]),
+        node("Gemm", ["h", "w2", "b2"], ["Y"]),
+    ]
     return make_model(nodes, (2, 2), HAND_MLP)
 
 
 @pytest.mark.parametrize("baseline", list(HAND_EXPECTED), ids=["zero", "nonzero"])
 def test_deeplift_hand_worked_mlp(baseline):
     x0 = np.broadcast_to(np.asarray(baseline, np.float32), X_HAND.shape)
-    result = Explainer(_hand_mlp(), method="deeplift",
-                       baseline=np.asarray(baseline, np.float32)).explain(X_HAND, target=[0, 1])
+    result = Explainer(
+        _hand_mlp(), method="deeplift", baseline=np.asarray(baseline, np.float32)
+    ).explain(X_HAND, target=[0, 1])
     attribution = result.signal * (X_HAND - x0)
     np.testing.assert_allclose(attribution, HAND_EXPECTED[baseline], atol=1e-5)
     np.testing.assert_allclose(result.saliency, attribution.sum(1), atol=1e-5)
-    np.testing.assert_allclose(result.saliency, [-1.0, 7.0] if baseline == 0.0 else [-2.0, 8.0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        result.saliency, [-1.0, 7.0] if baseline == 0.0 else [-2.0, 8.0], atol=1e-5
+    )
     # the rescale rule is at work: the gradient (input x gradient) gives other values
     plain = Explainer(_hand_mlp(), method="gradient").explain(X_HAND, target=[0, 1])
     assert np.abs(plain.signal * (X_HAND - x0) - attribution).max() > 0.1
@@ -295,6 +315,7 @@ class _Rescale(torch.autograd.Function):
 def _deeplift_reference(model, x, x0, targets):
     """DeepLIFT-rescale on SmallNet (ReLU): the reference pass's pre-activations, then
     autograd through `_Rescale`; the map is sum_c multiplier * (x - x0)."""
+
     def forward(inp, refs=None):
         z1 = model.c1(inp)
         h1 = z1.clamp(min=0) if refs is None else _Rescale.apply(z1, refs[0])
@@ -311,8 +332,10 @@ def _deeplift_reference(model, x, x0, targets):
 
 
 def _baselines(shape):
-    return {"zero": 0.0,
-            "array": (0.7 * np.random.default_rng(9).standard_normal(shape)).astype(np.float32)}
+    return {
+        "zero": 0.0,
+        "array": (0.7 * np.random.default_rng(9).standard_normal(shape)).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("kind", ["zero", "array"])
@@ -362,8 +385,9 @@ def test_smoothgrad_matches_autograd(onnx_zoo):
     copies = _noisy_copies(x, n, sigma, seed)
     _, xt, gx, _ = _autograd(model, [], copies, np.repeat(targets, n))
     want = (xt * gx).sum(1).view(2, n, 64, 64).mean(1).numpy()
-    got = Explainer(proto, method="smoothgrad", n=n, sigma=sigma, seed=seed,
-                    batch_size=3).explain(x, target=targets)
+    got = Explainer(proto, method="smoothgrad", n=n, sigma=sigma, seed=seed, batch_size=3).explain(
+        x, target=targets
+    )
     _close(got.saliency, want)
     _close(got.signal, gx.view(2, n, 3, 64, 64).mean(1).numpy())
     # sigma 0: the plain input x gradient
@@ -380,8 +404,9 @@ def test_smoothgrad_with_tsgb_base_is_the_mean_of_tsgb_maps(onnx_zoo):
     copies = _noisy_copies(x, n, sigma, seed)
     maps = Explainer(proto, method="tsgb", alpha=0.8).explain(copies, np.repeat(targets, n))
     want = maps.saliency.reshape(2, n, 64, 64).mean(1)
-    got = Explainer(proto, method="smoothgrad", base="tsgb", alpha=0.8, n=n, sigma=sigma,
-                    seed=seed).explain(x, target=targets)
+    got = Explainer(
+        proto, method="smoothgrad", base="tsgb", alpha=0.8, n=n, sigma=sigma, seed=seed
+    ).explain(x, target=targets)
     _close(got.saliency, want)
     other = Explainer(proto, method="smoothgrad", n=n, sigma=sigma, seed=seed).explain(x, targets)
     assert np.abs(other.saliency - want).max() > 1e-2 * np.abs(want).max()
@@ -407,8 +432,9 @@ def test_integrated_gradients_matches_midpoint_rule(smooth_net):
     baseline = (0.5 * np.random.default_rng(2).standard_normal((1, 3, 32, 32))).astype(np.float32)
     x0 = np.broadcast_to(baseline, x.shape)
     want, mean = _ig_reference(model, x, x0, [1, 4], 6)
-    got = Explainer(proto, method="integrated_gradients", steps=6, baseline=baseline,
-                    batch_size=5).explain(x, target=[1, 4])
+    got = Explainer(
+        proto, method="integrated_gradients", steps=6, baseline=baseline, batch_size=5
+    ).explain(x, target=[1, 4])
     _close(got.signal, mean)
     _close(got.saliency, want)
     assert np.array_equal(got.target, [1, 4])
@@ -425,8 +451,10 @@ def test_integrated_gradients_completeness_on_a_smooth_net(smooth_net):
     delta = _torch_logits(model, x)[[0, 1], targets] - _torch_logits(model, 0 * x)[[0, 1], targets]
     np.testing.assert_allclose(got.saliency.sum((1, 2)), delta, rtol=2e-3)
     coarse = Explainer(proto, method="integrated_gradients", steps=1).explain(x, target=targets)
-    assert np.abs(coarse.saliency.sum((1, 2)) - delta).max() > \
-        10 * np.abs(got.saliency.sum((1, 2)) - delta).max()
+    assert (
+        np.abs(coarse.saliency.sum((1, 2)) - delta).max()
+        > 10 * np.abs(got.saliency.sum((1, 2)) - delta).max()
+    )
 
 
 # -- every method: a batch with per-row targets = its rows explained alone ----------------------
@@ -447,7 +475,7 @@ def test_batch_with_mixed_targets_equals_rows_alone(onnx_zoo, method):
     together = explainer.explain(x, target=[4, 0, 9])
     assert list(together.target) == [4, 0, 9]
     for i, t in enumerate([4, 0, 9]):
-        alone = explainer.explain(x[i:i + 1], target=t).saliency[0]
+        alone = explainer.explain(x[i : i + 1], target=t).saliency[0]
         _close(together.saliency[i], alone, 1e-5)
     same = explainer.explain(x, target=4).saliency
     assert np.abs(same[1:] - together.saliency[1:]).max() > 1e-3 * np.abs(together.saliency).max()
@@ -468,13 +496,17 @@ def test_bad_options_raise_method_error(relu_net):
     raises("n must be an integer >= 1", "smoothgrad", n=0)
     raises("sigma must be a finite number >= 0", "smoothgrad", sigma=float("nan"))
     raises("sigma must be a finite number >= 0", "smoothgrad", sigma=-0.1)
-    raises("base must be a method other than the wrappers", "smoothgrad",
-           base="integrated_gradients")
+    raises(
+        "base must be a method other than the wrappers", "smoothgrad", base="integrated_gradients"
+    )
     raises("smoothgrad: method 'gradient' has no option 'alpha'", "smoothgrad", alpha=1.0)
     raises("steps must be an integer >= 1", "integrated_gradients", steps=0)
     raises("baseline holds NaN or Inf", "integrated_gradients", baseline=float("nan"))
-    raises("baseline holds NaN or Inf", "integrated_gradients",
-           baseline=np.full((1, 3, 32, 32), np.inf, np.float32))
+    raises(
+        "baseline holds NaN or Inf",
+        "integrated_gradients",
+        baseline=np.full((1, 3, 32, 32), np.inf, np.float32),
+    )
     raises("one-backward-pass method", "integrated_gradients", base="gradcam")
     raises("do not give a layer", "integrated_gradients", call={"layer": conv})
     raises("baseline holds NaN or Inf", "deeplift", baseline=float("nan"))

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tsgb_onnx.evaluation import metrics as M
 from tsgb_onnx.errors import InputError
+from tsgb_onnx.evaluation import metrics as M
 from tsgb_onnx.explainer import Explainer
 
 DATA = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data"
@@ -30,18 +30,25 @@ def linear_model(columns: np.ndarray) -> onnx.ModelProto:
     """x [B, 1, 2, 2] → Flatten → MatMul(W [4, K]) = logits [B, K]."""
     weight = numpy_helper.from_array(np.asarray(columns, np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-         helper.make_node("MatMul", ["flat", "W"], ["logits"], name="fc")],
-        "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["logits"], name="fc"),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 2, 2])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", columns.shape[1]])],
-        [weight])
+        [weight],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 @pytest.fixture(scope="module")
 def linear():
-    return Explainer(linear_model(np.stack([W, np.zeros(4, np.float32)], axis=1)),
-                     method="gradient", backend="numpy")
+    return Explainer(
+        linear_model(np.stack([W, np.zeros(4, np.float32)], axis=1)),
+        method="gradient",
+        backend="numpy",
+    )
 
 
 # --------------------------------------------------------------------------- Spearman
@@ -64,8 +71,8 @@ def test_spearman_hand_worked_with_ties():
 def test_pointing_hit_box_mask_tolerance():
     sal = np.zeros((20, 20))
     sal[5, 7] = 1.0  # arg-max at x=7, y=5
-    assert M.pointing_hit(sal, [(6, 4, 8, 6)])             # x 6..7, y 4..5
-    assert not M.pointing_hit(sal, [(8, 5, 12, 9)])        # one pixel to the right
+    assert M.pointing_hit(sal, [(6, 4, 8, 6)])  # x 6..7, y 4..5
+    assert not M.pointing_hit(sal, [(8, 5, 12, 9)])  # one pixel to the right
     assert M.pointing_hit(sal, [(8, 5, 12, 9)], tolerance=1)
     assert not M.pointing_hit(sal, [(10, 9, 12, 12)], tolerance=4.9)  # distance 5 (3, 4)
     assert M.pointing_hit(sal, [(10, 9, 12, 12)], tolerance=5)
@@ -76,7 +83,7 @@ def test_pointing_hit_box_mask_tolerance():
     mask[5, 10] = True
     assert not M.pointing_hit(sal, mask=mask, tolerance=2.5)
     assert M.pointing_hit(sal, mask=mask, tolerance=3)
-    assert not M.pointing_hit(np.ones((4, 4)), [(0, 0, 4, 4)])   # no maximum: a miss
+    assert not M.pointing_hit(np.ones((4, 4)), [(0, 0, 4, 4)])  # no maximum: a miss
     nan = sal.copy()
     nan[0, 0] = np.nan
     assert not M.pointing_hit(nan, [(0, 0, 20, 20)])
@@ -93,15 +100,15 @@ def test_box_iou_and_saliency_box():
     assert M.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert M.box_iou((0, 0, 2, 2), (5, 5, 6, 6)) == 0.0
     sal = np.zeros((10, 10))
-    sal[1:3, 1:4] = 1.0   # 6 pixels, the largest region
-    sal[7, 8] = 0.9       # 1 pixel
-    sal[5, 5] = -3.0      # negative values count as zero
+    sal[1:3, 1:4] = 1.0  # 6 pixels, the largest region
+    sal[7, 8] = 0.9  # 1 pixel
+    sal[5, 5] = -3.0  # negative values count as zero
     assert M.saliency_box(sal, 0.5, "largest") == (1, 1, 4, 3)
     assert M.saliency_box(sal, 0.5, "all") == (1, 1, 9, 8)
     assert M.saliency_box(sal, 0.95, "all") == (1, 1, 4, 3)
     assert M.saliency_box(-np.ones((3, 3)), 0.5) is None
-    assert M.localized(sal, [(1, 1, 4, 4)], 0.5)          # IoU 6/9
-    assert not M.localized(sal, [(1, 1, 4, 6)], 0.5)      # IoU 6/15
+    assert M.localized(sal, [(1, 1, 4, 4)], 0.5)  # IoU 6/9
+    assert not M.localized(sal, [(1, 1, 4, 6)], 0.5)  # IoU 6/15
     labels, count = M._label_numpy(sal > 0.5)
     assert count == 2 and (labels > 0).sum() == 7
 
@@ -112,7 +119,7 @@ def test_localization_threshold_is_searched():
     maps, boxes = [], []
     for i in range(6):
         sal = np.full((12, 12), 0.3)
-        sal[2 + i % 3:6 + i % 3, 3:8] = 1.0
+        sal[2 + i % 3 : 6 + i % 3, 3:8] = 1.0
         maps.append(sal)
         boxes.append([(3, 2 + i % 3, 8, 6 + i % 3)])
     res = M.localization_error(maps, boxes, groups=np.arange(6))
@@ -125,7 +132,9 @@ def test_localization_threshold_is_searched():
 
 # --------------------------------------------------------------------------- deletion / insertion
 def _auc(values, dx=0.25):
-    return float(np.trapezoid(values, dx=dx) if hasattr(np, "trapezoid") else np.trapz(values, dx=dx))
+    return float(
+        np.trapezoid(values, dx=dx) if hasattr(np, "trapezoid") else np.trapz(values, dx=dx)
+    )
 
 
 @pytest.mark.parametrize("batch_size", [3, 64])
@@ -151,8 +160,9 @@ def test_deletion_insertion_perfect_and_inverse_ranking(linear, batch_size):
 def test_deletion_sigmoid_score_and_blur_substrate(linear):
     x = np.ones((1, 1, 2, 2), np.float32)
     sal = W.reshape(1, 2, 2)
-    res = M.perturbation(linear.infer, x, sal, 0, "deletion", step=0.5, substrate=0.0,
-                         score="sigmoid")
+    res = M.perturbation(
+        linear.infer, x, sal, 0, "deletion", step=0.5, substrate=0.0, score="sigmoid"
+    )
     np.testing.assert_allclose(res.curves[0], [sig(10), sig(3), sig(0)], rtol=1e-5)
     # the blur of a constant image is the image: deletion then changes nothing
     flat = M.perturbation(linear.infer, x, sal, 0, "deletion", step=0.25)
@@ -198,7 +208,7 @@ def test_randomization_decorrelates_maps():
     res = ex.explain(data.x)
     layers, corr = M.sanity_check(model, "tsgb", data.x, res.target, res.saliency, "cascading")
     assert corr.shape == (7, 3)
-    assert np.abs(corr[-1]).mean() < 0.3          # every layer random: nothing left
+    assert np.abs(corr[-1]).mean() < 0.3  # every layer random: nothing left
     # the same model re-explained is perfectly correlated (the oracle of the metric)
     again = Explainer(model, method="tsgb").explain(data.x, target=res.target).saliency
     np.testing.assert_allclose(M.spearman_rows(res.saliency, again), 1.0)

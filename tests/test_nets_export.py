@@ -48,7 +48,7 @@ def test_reference_net_matches_torch(onnx_zoo, name, dynamo):
 
 
 def test_reference_nets_are_deterministic_and_small():
-    for name, (factory, shape) in REFERENCE_NETS.items():
+    for name, (factory, _shape) in REFERENCE_NETS.items():
         a, b = factory(), factory()
         assert not a.training
         n_params = sum(p.numel() for p in a.parameters())
@@ -80,5 +80,7 @@ def test_efficientnet_lite0_classifies_photos_through_ort(onnx_zoo, lite0_torch,
     probs /= probs.sum(1, keepdims=True)
     for row, (photo, cls) in enumerate(expected.items()):
         top = int(probs[row].argmax())
-        assert top == cls, f"{photo}: got {top}, expected {cls} ({IMAGENET_CLASS_NAMES_SUBSET[cls]})"
+        assert top == cls, (
+            f"{photo}: got {top}, expected {cls} ({IMAGENET_CLASS_NAMES_SUBSET[cls]})"
+        )
         assert probs[row, cls] > 0.6, (photo, float(probs[row, cls]))

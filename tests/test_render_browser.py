@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_cli_explain import NAMES, small_cnn
 
 torch = pytest.importorskip("torch")
@@ -38,14 +37,17 @@ def browser():
     rc = _render_check_module()
     path = rc.find_browser()
     if path is None:
-        pytest.skip(f"no Chromium binary on PATH (looked for {', '.join(rc.BROWSERS)}); "
-                    f"install one, e.g. apt-get install chromium")
+        pytest.skip(
+            f"no Chromium binary on PATH (looked for {', '.join(rc.BROWSERS)}); "
+            f"install one, e.g. apt-get install chromium"
+        )
     return path
 
 
 def _render_check(page: Path):
-    proc = subprocess.run([sys.executable, str(TOOL), str(page)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), str(page)], capture_output=True, text=True, timeout=120
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -56,8 +58,9 @@ def report(browser, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("render_browser")
     model = root / "model.onnx"
-    from_torch(small_cnn(), torch.zeros(1, 3, SIZE, SIZE), model,
-               preprocess="torchvision", labels=NAMES)
+    from_torch(
+        small_cnn(), torch.zeros(1, 3, SIZE, SIZE), model, preprocess="torchvision", labels=NAMES
+    )
     folder = root / "photos"
     (folder / "more dir").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -65,9 +68,24 @@ def report(browser, tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8)).save(folder / rel)
     out = root / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "tsgb_onnx.cli", "explain", str(model), str(folder),
-         "--top-k", "2", "--out-dir", str(out), "--format", "png,html"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "tsgb_onnx.cli",
+            "explain",
+            str(model),
+            str(folder),
+            "--top-k",
+            "2",
+            "--out-dir",
+            str(out),
+            "--format",
+            "png,html",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -84,8 +102,11 @@ def test_broken_images_are_reported(browser, tmp_path):
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "ok.png")
     (tmp_path / "junk.png").write_text("not a png")
     page = tmp_path / "index.html"
-    page.write_text('<!doctype html><html><body><img src="ok.png"><img src="missing.png">'
-                    '<img src="junk.png"></body></html>', encoding="utf-8")
+    page.write_text(
+        '<!doctype html><html><body><img src="ok.png"><img src="missing.png">'
+        '<img src="junk.png"></body></html>',
+        encoding="utf-8",
+    )
     code, said = _render_check(page)
     assert code == 1, said
     assert "1/3 images loaded" in said and "broken: missing.png, junk.png" in said, said

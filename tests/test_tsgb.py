@@ -6,15 +6,29 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from tsgb_reference import tsgb_saliency
 
 from tsgb_onnx import Explainer, MethodError
 from tsgb_onnx.rules.tsgb import TsgbWarning
-from tsgb_reference import tsgb_saliency
 
-NETS = ["vgg16_style", "resnet50_style", "densenet_style", "mobilenetv2_style",
-        "silu_se_net", "cnn1d", "efficientnet_lite0"]
-ALPHAS = {"vgg16_style": 0.8, "resnet50_style": 0.9, "densenet_style": 1.0,
-          "mobilenetv2_style": 1.3, "silu_se_net": 0.5, "cnn1d": 1.1, "efficientnet_lite0": 1.0}
+NETS = [
+    "vgg16_style",
+    "resnet50_style",
+    "densenet_style",
+    "mobilenetv2_style",
+    "silu_se_net",
+    "cnn1d",
+    "efficientnet_lite0",
+]
+ALPHAS = {
+    "vgg16_style": 0.8,
+    "resnet50_style": 0.9,
+    "densenet_style": 1.0,
+    "mobilenetv2_style": 1.3,
+    "silu_se_net": 0.5,
+    "cnn1d": 1.1,
+    "efficientnet_lite0": 1.0,
+}
 
 
 def _input(onnx_zoo, photos, name, batch):
@@ -32,8 +46,9 @@ def test_tsgb_matches_reference(onnx_zoo, photos, name, dynamo, compat, backend)
     x = np.asarray(_input(onnx_zoo, photos, name, 2), dtype=np.float32)
     target = [3, 1] if name != "efficientnet_lite0" else [285, 967]
     for alpha in {ALPHAS[name], 1.0}:
-        result = Explainer(proto, method="tsgb", alpha=alpha, reference_compat=compat,
-                           backend=backend).explain(x, target=target)
+        result = Explainer(
+            proto, method="tsgb", alpha=alpha, reference_compat=compat, backend=backend
+        ).explain(x, target=target)
         expected, signal = tsgb_saliency(model, x, target, alpha=alpha, reference_compat=compat)
         scale = np.abs(expected).max()
         assert scale > 0 and np.isfinite(result.saliency).all()
@@ -56,8 +71,14 @@ def _conserved(explainer, x, target, tensor_in, tensor_out):
     return at_in.sum(dtype=np.float64), at_out.sum(dtype=np.float64), np.abs(at_out).sum()
 
 
-@pytest.mark.parametrize("op_type,name", [("Conv", "vgg16_style"), ("Conv", "mobilenetv2_style"),
-                                          ("BatchNormalization", "densenet_style")])
+@pytest.mark.parametrize(
+    "op_type,name",
+    [
+        ("Conv", "vgg16_style"),
+        ("Conv", "mobilenetv2_style"),
+        ("BatchNormalization", "densenet_style"),
+    ],
+)
 def test_relevance_is_conserved(onnx_zoo, op_type, name):
     _, proto = onnx_zoo.get(name, False)
     explainer = Explainer(proto, method="tsgb")
@@ -66,10 +87,16 @@ def test_relevance_is_conserved(onnx_zoo, op_type, name):
     # ReLU/ReLU6, whose all-zero windows lose their (bias) relevance by design; and the
     # layer's input must have no other consumer (its signal would include theirs)
     graph = explainer.graph
-    nodes = [n for n in graph.nodes if n.op_type == op_type
-             and len(graph.consumers[n.inputs[0]]) == 1
-             and (n.inputs[0] not in graph.producer
-                  or graph.producer[n.inputs[0]].op_type not in ("Relu", "Clip"))]
+    nodes = [
+        n
+        for n in graph.nodes
+        if n.op_type == op_type
+        and len(graph.consumers[n.inputs[0]]) == 1
+        and (
+            n.inputs[0] not in graph.producer
+            or graph.producer[n.inputs[0]].op_type not in ("Relu", "Clip")
+        )
+    ]
     checked = 0
     for node in nodes[:4]:
         inside, outside, scale = _conserved(explainer, x, 1, node.inputs[0], node.outputs[0])
@@ -105,10 +132,17 @@ def test_bn_folding_does_not_change_the_map(tmp_path):
     protos = {}
     for fold in (True, False):
         path = tmp_path / f"m{fold}.onnx"
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          do_constant_folding=fold, input_names=["input"], output_names=["logits"],
-                          training=torch.onnx.TrainingMode.EVAL if fold else
-                          torch.onnx.TrainingMode.PRESERVE)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=fold,
+            input_names=["input"],
+            output_names=["logits"],
+            training=torch.onnx.TrainingMode.EVAL if fold else torch.onnx.TrainingMode.PRESERVE,
+        )
         protos[fold] = path
     kept = Explainer(protos[False], method="tsgb")
     folded = Explainer(protos[True], method="tsgb")
@@ -127,7 +161,7 @@ def test_rows_are_independent(onnx_zoo, photos, name):
     target = [4, 2] if name != "efficientnet_lite0" else [967, 285]
     together = explainer.explain(x, target=target).saliency
     for i in range(2):
-        alone = explainer.explain(x[i:i + 1], target=target[i]).saliency[0]
+        alone = explainer.explain(x[i : i + 1], target=target[i]).saliency[0]
         assert np.abs(together[i] - alone).max() <= 1e-5 * np.abs(alone).max()
 
 
@@ -135,41 +169,55 @@ def test_densenet_avgpool_rows_with_and_without_negatives(onnx_zoo):
     """The eq. 6 AveragePool variant is decided per row: a mixed batch equals its rows."""
     _, proto = onnx_zoo.get("densenet_style", False)
     explainer = Explainer(proto, method="tsgb")
-    x = np.concatenate([onnx_zoo.example("densenet_style", 1, 7).numpy(),
-                        np.zeros((1, 3, 64, 64), np.float32)])
+    x = np.concatenate(
+        [onnx_zoo.example("densenet_style", 1, 7).numpy(), np.zeros((1, 3, 64, 64), np.float32)]
+    )
     together = explainer.explain(x, target=[1, 1]).saliency
     alone = explainer.explain(x[:1], target=1).saliency[0]
     assert np.abs(together[0] - alone).max() <= 1e-5 * np.abs(alone).max()
 
 
-@pytest.mark.parametrize("name", ["vgg16_style", "densenet_style", "mobilenetv2_style",
-                                  "silu_se_net"])
+@pytest.mark.parametrize(
+    "name", ["vgg16_style", "densenet_style", "mobilenetv2_style", "silu_se_net"]
+)
 def test_no_nan_or_inf_on_degenerate_inputs(onnx_zoo, name):
     _, proto = onnx_zoo.get(name, False)
     explainer = Explainer(proto, method="tsgb")
     x = onnx_zoo.example(name, 3, 2).numpy()
-    x[0] = 0                      # all-zero image
-    x[1, 1] = 0                   # a zero channel
-    x[2, :, :32] = 0              # a zero region
+    x[0] = 0  # all-zero image
+    x[1, 1] = 0  # a zero channel
+    x[2, :, :32] = 0  # a zero region
     result = explainer.explain(x, target=[0, 1, 2])
     assert np.isfinite(result.saliency).all() and np.isfinite(result.signal).all()
 
 
 def test_dead_relus_give_finite_zero_map():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(4 * 12 * 12, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 12 * 12, 3),
+    ).eval()
     with torch.no_grad():
         model[0].bias.fill_(-100.0)  # every ReLU of the first layer is dead
     from tsgb_onnx.io.export import from_torch
+
     proto = from_torch(model, torch.randn(1, 3, 16, 16))
-    result = Explainer(proto, method="tsgb").explain(np.random.rand(2, 3, 16, 16).astype(np.float32))
+    result = Explainer(proto, method="tsgb").explain(
+        np.random.rand(2, 3, 16, 16).astype(np.float32)
+    )
     assert np.isfinite(result.saliency).all()
     assert np.abs(result.saliency).max() == 0
 
 
 def test_warns_without_linear_layer():
-    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
     from tsgb_onnx.io.export import from_torch
+
     proto = from_torch(model, torch.randn(1, 3, 8, 8))
     with pytest.warns(TsgbWarning, match="no linear layer"):
         Explainer(proto, method="tsgb")
@@ -191,7 +239,9 @@ def test_map_at_a_layer(onnx_zoo):
     _, proto = onnx_zoo.get("vgg16_style", False)
     explainer = Explainer(proto, method="tsgb")
     pool = [n for n in explainer.graph.nodes if n.op_type == "MaxPool"][-1].outputs[0]
-    result = explainer.explain(onnx_zoo.example("vgg16_style", 2, 0).numpy(), target=[1, 2], layer=pool)
+    result = explainer.explain(
+        onnx_zoo.example("vgg16_style", 2, 0).numpy(), target=[1, 2], layer=pool
+    )
     assert result.layer == pool
     assert result.signal.shape == (2, 32, 2, 2) and result.saliency.shape == (2, 2, 2)
 
@@ -235,10 +285,16 @@ def test_eq6_on_normalisations(op):
             inits.append(numpy_helper.from_array(value, name))
         norm = helper.make_node(op, ["x"] + names, ["y"], epsilon=1e-3)
     graph = helper.make_graph(
-        [norm, helper.make_node("Flatten", ["y"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "w"], ["logits"])], "eq6",
+        [
+            norm,
+            helper.make_node("Flatten", ["y"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "eq6",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, 5, 5])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     x = rng.standard_normal((2, c, 5, 5)).astype(np.float32)
@@ -248,12 +304,14 @@ def test_eq6_on_normalisations(op):
     y = explainer.recorder.run(x, ("y",))[1]["y"]
     expected = at_y.signal * y / (x + 1e-10 * np.where(x >= 0, 1, -1))
     np.testing.assert_allclose(at_x.signal, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
-    assert [s.rule.label for s in explainer.program().steps if s.node.op_type == op] == \
-        ["tsgb.tsgb_normalization"]
+    assert [s.rule.label for s in explainer.program().steps if s.node.op_type == op] == [
+        "tsgb.tsgb_normalization"
+    ]
 
 
-@pytest.mark.parametrize("groups,m,n", [(1, 6, 4), (2, 6, 4), (6, 6, 6)],
-                         ids=["dense", "grouped", "depthwise"])
+@pytest.mark.parametrize(
+    "groups,m,n", [(1, 6, 4), (2, 6, 4), (6, 6, 6)], ids=["dense", "grouped", "depthwise"]
+)
 def test_conv_step_shortcuts_equal_the_plain_formula(groups, m, n):
     """TSGB-Conv on a Relu output: |X| = X, and leaving sgn(X) to the Relu's mask gives the
     same signal at the Relu's input (and the shortcut alone does differ where X = 0)."""
@@ -280,7 +338,9 @@ def test_conv_step_shortcuts_equal_the_plain_formula(groups, m, n):
         np.testing.assert_allclose(
             tsgb_conv_step(ops, below, x, plane, win1, 1),
             tsgb_conv_step(ops, below, x, np.broadcast_to(plane, x.shape).copy(), win1, 1),
-            rtol=1e-5, atol=1e-7)
+            rtol=1e-5,
+            atol=1e-7,
+        )
     assert fast.shape == plain.shape
     mask = pre > 0
     np.testing.assert_allclose(fast * mask, plain * mask, rtol=1e-6, atol=0)

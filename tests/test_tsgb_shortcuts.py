@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx_builders import evaluate, fd_vjp, make_model, node
 
 import tsgb_onnx.rules.tsgb as tsgb_rules
-from onnx_builders import evaluate, fd_vjp, make_model, node
 from tsgb_onnx import Explainer
 from tsgb_onnx.ir.graph import build_graph
 
@@ -51,18 +51,25 @@ def _net(activation: str, middle: str, groups: int, seed: int = 0) -> onnx.Model
         nodes.append(node("Pad", ["a1", "pads"], ["m"], mode="reflect"))
         conv2_pads = [0, 0, 0, 0]
     elif middle == "pad_zero_shared":  # also read elsewhere, so it is not folded into the Conv
-        nodes += [node("Pad", ["a1", "pads"], ["m"]),
-                  node("ReduceMean", ["m"], ["mean"], axes=[1, 2, 3], keepdims=1),
-                  node("Flatten", ["mean"], ["side"])]
+        nodes += [
+            node("Pad", ["a1", "pads"], ["m"]),
+            node("ReduceMean", ["m"], ["mean"], axes=[1, 2, 3], keepdims=1),
+            node("Flatten", ["mean"], ["side"]),
+        ]
         conv2_pads = [0, 0, 0, 0]
     elif middle == "maxpool":
-        nodes.append(node("MaxPool", ["a1"], ["m"], kernel_shape=[2, 2], strides=[1, 1],
-                          pads=[0, 0, 1, 1]))
+        nodes.append(
+            node("MaxPool", ["a1"], ["m"], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1])
+        )
     else:
         nodes.append(node("Identity", ["a1"], ["m"]))
     nodes += [node("Conv", ["m", "w2"], ["c2"], pads=conv2_pads, group=groups)] + act("c2", "a2")
-    nodes += [node("Conv", ["a2", "w3"], ["c3"]), node("GlobalAveragePool", ["c3"], ["p"]),
-              node("Flatten", ["p"], ["f"]), node("Gemm", ["f", "wf", "bf"], ["g"], transB=1)]
+    nodes += [
+        node("Conv", ["a2", "w3"], ["c3"]),
+        node("GlobalAveragePool", ["c3"], ["p"]),
+        node("Flatten", ["p"], ["f"]),
+        node("Gemm", ["f", "wf", "bf"], ["g"], transB=1),
+    ]
     if middle == "pad_zero_shared":
         nodes.append(node("Add", ["g", "side"], ["Y"]))
     else:
@@ -96,8 +103,9 @@ def test_shortcuts_give_the_plain_rules_map(activation, middle, groups, backend,
     assert scale > 0
     np.testing.assert_allclose(fast_map, plain_map, rtol=0, atol=1e-5 * scale)
     # where the caller reads the rectified tensor's own signal, it stays exact
-    np.testing.assert_allclose(fast_at_a1, plain_at_a1, rtol=0,
-                               atol=1e-5 * np.abs(plain_at_a1).max())
+    np.testing.assert_allclose(
+        fast_at_a1, plain_at_a1, rtol=0, atol=1e-5 * np.abs(plain_at_a1).max()
+    )
 
 
 @pytest.mark.filterwarnings("ignore:tsgb. no linear layer")
@@ -113,9 +121,15 @@ def test_shortcuts_are_taken_where_they_apply(middle, monkeypatch):
             if off:
                 _shortcuts_off(patch)
             if not_through_middle:  # the second conv's input "m" keeps its sign
-                patch.setattr(tsgb_rules, "sign_redundant", lambda graph, tensor, reads:
-                              tensor != "m" and sign_redundant(graph, tensor, reads))
+                patch.setattr(
+                    tsgb_rules,
+                    "sign_redundant",
+                    lambda graph, tensor, reads: (
+                        tensor != "m" and sign_redundant(graph, tensor, reads)
+                    ),
+                )
             from tsgb_onnx.convert import convert
+
             return len(convert(_net(activation, middle, 6), method="tsgb").graph.node)
 
     for activation in ("relu", "relu6"):
@@ -125,12 +139,20 @@ def test_shortcuts_are_taken_where_they_apply(middle, monkeypatch):
     assert nodes("clip_below_zero") == nodes("clip_below_zero", off=True)
 
 
-def _pad_conv_model(mode="constant", value=None, pads=(0, 0, 1, 2, 0, 0, 2, 1), consumer="Conv",
-                    auto_pad=None, pad_is_output=False):
+def _pad_conv_model(
+    mode="constant",
+    value=None,
+    pads=(0, 0, 1, 2, 0, 0, 2, 1),
+    consumer="Conv",
+    auto_pad=None,
+    pad_is_output=False,
+):
     rng = np.random.default_rng(3)
     channels = 3 + pads[1] + pads[5]
-    inits = {"w": rng.standard_normal((4, channels, 3, 3)).astype(np.float32),
-             "pads": np.array(pads, dtype=np.int64)}
+    inits = {
+        "w": rng.standard_normal((4, channels, 3, 3)).astype(np.float32),
+        "pads": np.array(pads, dtype=np.int64),
+    }
     pad_inputs = ["X", "pads"]
     if value is not None:
         inits["value"] = np.float32(value)
@@ -140,9 +162,12 @@ def _pad_conv_model(mode="constant", value=None, pads=(0, 0, 1, 2, 0, 0, 2, 1), 
     if consumer == "Conv":
         nodes.append(node("Conv", ["P", "w"], ["Y"], **conv_attrs))
     else:
-        nodes += [node("Conv", ["P", "w"], ["C"], **conv_attrs), node("Relu", ["P"], ["R"]),
-                  node("ReduceSum", ["R"], ["S"], keepdims=1),
-                  node("Add", ["C", "S"], ["Y"])]
+        nodes += [
+            node("Conv", ["P", "w"], ["C"], **conv_attrs),
+            node("Relu", ["P"], ["R"]),
+            node("ReduceSum", ["R"], ["S"], keepdims=1),
+            node("Add", ["C", "S"], ["Y"]),
+        ]
     model = make_model(nodes, x_shape=(2, 3, 7, 6), inits=inits)
     if pad_is_output:
         shape = [2, 3] + [n + pads[a] + pads[a + 4] for a, n in ((2, 7), (3, 6))]
@@ -160,19 +185,35 @@ def test_zero_pad_is_folded_into_the_conv():
     assert [n.op_type for n in folded.graph.node] == ["Conv"]
     conv = folded.graph.node[0]
     assert conv.input[0] == "X"
-    assert list(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))) \
-        == [1 + 1, 0 + 2, 0 + 2, 1 + 1]
+    assert list(
+        helper.get_attribute_value(next(a for a in conv.attribute if a.name == "pads"))
+    ) == [1 + 1, 0 + 2, 0 + 2, 1 + 1]
     assert "pads" not in {t.name for t in folded.graph.initializer}
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
     np.testing.assert_allclose(evaluate(folded, x), evaluate(model, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [
-    dict(mode="reflect"), dict(value=0.5), dict(pads=(0, 1, 1, 1, 0, 0, 1, 1)),
-    dict(consumer="Relu"), dict(auto_pad="SAME_UPPER"), dict(pad_is_output=True),
-    dict(pads=(0, 0, -1, 0, 0, 0, 1, 1)),
-], ids=["reflect", "nonzero-value", "channel-pad", "also-feeds-relu", "auto-pad", "graph-output",
-        "crop"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(mode="reflect"),
+        dict(value=0.5),
+        dict(pads=(0, 1, 1, 1, 0, 0, 1, 1)),
+        dict(consumer="Relu"),
+        dict(auto_pad="SAME_UPPER"),
+        dict(pad_is_output=True),
+        dict(pads=(0, 0, -1, 0, 0, 0, 1, 1)),
+    ],
+    ids=[
+        "reflect",
+        "nonzero-value",
+        "channel-pad",
+        "also-feeds-relu",
+        "auto-pad",
+        "graph-output",
+        "crop",
+    ],
+)
 def test_other_pads_are_kept(case):
     model = _pad_conv_model(**case)
     folded = _canonical(model)
@@ -185,12 +226,20 @@ def test_gradient_through_a_folded_pad_matches_finite_differences():
     """The exact gradient on the canonical graph (Pad folded) against central differences
     of the original graph (Pad kept) in ONNX Runtime."""
     rng = np.random.default_rng(5)
-    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-             "pads": np.array([0, 0, 2, 0, 0, 0, 1, 3], dtype=np.int64)}
-    model = make_model([node("Pad", ["X", "pads"], ["P"]),
-                        node("Conv", ["P", "w"], ["C"], strides=[2, 1], pads=[0, 1, 1, 0]),
-                        node("GlobalAveragePool", ["C"], ["G"]), node("Flatten", ["G"], ["Y"])],
-                       x_shape=("N", 3, 7, 6), inits=inits)
+    inits = {
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "pads": np.array([0, 0, 2, 0, 0, 0, 1, 3], dtype=np.int64),
+    }
+    model = make_model(
+        [
+            node("Pad", ["X", "pads"], ["P"]),
+            node("Conv", ["P", "w"], ["C"], strides=[2, 1], pads=[0, 1, 1, 0]),
+            node("GlobalAveragePool", ["C"], ["G"]),
+            node("Flatten", ["G"], ["Y"]),
+        ],
+        x_shape=("N", 3, 7, 6),
+        inits=inits,
+    )
     assert "Pad" not in [n.op_type for n in _canonical(model).graph.node]
     x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
     target = [1, 3]
@@ -212,21 +261,38 @@ def test_mask_below_is_exact_in_onnx_runtime(bound):
     below = [np.nextafter(b, np.float32(-np.inf))]
     for _ in range(40):
         below.append(np.nextafter(below[-1], np.float32(-np.inf)))
-    y = np.array([b, b, b / 2, np.nextafter(b / 2, np.float32(np.inf)), 0.0, -0.0, 1e-45,
-                  -1e-45, -5.0, -3e38] + below, dtype=np.float32)
+    y = np.array(
+        [
+            b,
+            b,
+            b / 2,
+            np.nextafter(b / 2, np.float32(np.inf)),
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            -5.0,
+            -3e38,
+        ]
+        + below,
+        dtype=np.float32,
+    )
     g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32) + 2
     builder = GraphBuilder(17, {"y", "g"})
     ops = OnnxOps(builder)
     out = ops.mask_below(Sym("g", y.shape, np.float32), Sym("y", y.shape, np.float32), bound)
     assert [n.op_type for n in builder.nodes] == ["HardSigmoid", "Mul"]
     graph = helper.make_graph(
-        builder.nodes, "mask",
+        builder.nodes,
+        "mask",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(y.shape)) for n in ("y", "g")],
         [helper.make_tensor_value_info(out.name, TensorProto.FLOAT, list(y.shape))],
-        builder.initializers)
+        builder.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    got = ort.InferenceSession(model.SerializeToString(), options,
-                               providers=["CPUExecutionProvider"]).run(None, {"y": y, "g": g})[0]
+    got = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    ).run(None, {"y": y, "g": g})[0]
     np.testing.assert_array_equal(got, g * (y < b))

@@ -45,8 +45,14 @@ worst = 2
 
 def run_cli(*argv, cwd):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "tsgb_onnx.cli", *argv], capture_output=True,
-                          text=True, timeout=180, env=env, cwd=str(cwd))
+    return subprocess.run(
+        [sys.executable, "-m", "tsgb_onnx.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=str(cwd),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +72,12 @@ def test_good_model_passes(configs):
     assert "validation passed" in proc.stdout
     suite = ET.parse(configs / "out" / "junit.xml").getroot()
     cases = suite.findall(".//testcase")
-    assert {c.get("name") for c in cases} == {"tsgb.pointing", "tsgb.deletion",
-                                              "tsgb.sanity_cascading", "tsgb.nan_maps"}
+    assert {c.get("name") for c in cases} == {
+        "tsgb.pointing",
+        "tsgb.deletion",
+        "tsgb.sanity_cascading",
+        "tsgb.nan_maps",
+    }
     assert not suite.findall(".//failure")
     report = json.loads((configs / "out" / "report.json").read_text())
     assert report["passed"] and all(c["passed"] for c in report["checks"])
@@ -77,20 +87,30 @@ def test_good_model_passes(configs):
 
 
 def test_randomized_model_fails(configs, tmp_path):
-    proc = run_cli("validate", str(configs / "random.toml"), "--out-dir", str(tmp_path),
-                   "--quiet", cwd=tmp_path)
+    proc = run_cli(
+        "validate",
+        str(configs / "random.toml"),
+        "--out-dir",
+        str(tmp_path),
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    failed = {c.get("name"): c.find("failure") for c in suite.findall(".//testcase")
-              if c.find("failure") is not None}
+    failed = {
+        c.get("name"): c.find("failure")
+        for c in suite.findall(".//testcase")
+        if c.find("failure") is not None
+    }
     assert "tsgb.pointing" in failed
     assert "required >= 0.8" in failed["tsgb.pointing"].get("message")
     assert "tsgb.nan_maps" not in failed
     assert "FAIL  tsgb.pointing" in proc.stdout and "validation failed" in proc.stdout
 
 
-@pytest.mark.parametrize("case", ["missing_config", "bad_toml", "missing_model", "bad_threshold",
-                                  "unknown_method"])
+@pytest.mark.parametrize(
+    "case", ["missing_config", "bad_toml", "missing_model", "bad_threshold", "unknown_method"]
+)
 def test_cannot_run_exits_2_with_one_line(case, tmp_path):
     config = tmp_path / "c.toml"
     text = CONFIG.format(model=RESNET.as_posix())
@@ -99,7 +119,7 @@ def test_cannot_run_exits_2_with_one_line(case, tmp_path):
     elif case == "missing_model":
         config.write_text(CONFIG.format(model="nowhere.onnx"))
     elif case == "bad_threshold":
-        config.write_text(text.replace("deletion = 0.3", "deletion = \"low\""))
+        config.write_text(text.replace("deletion = 0.3", 'deletion = "low"'))
     elif case == "unknown_method":
         config.write_text(text.replace('methods = ["tsgb"]', 'methods = ["nonesuch"]'))
     proc = run_cli("validate", str(config), "--quiet", cwd=tmp_path)
@@ -110,9 +130,12 @@ def test_cannot_run_exits_2_with_one_line(case, tmp_path):
 
 
 def test_python_api_with_a_dict(tmp_path):
-    cfg = {"model": {"path": str(RESNET)}, "data": {"path": "synthetic:4:5"},
-           "evaluation": {"methods": ["gradient"], "step": 0.1},
-           "thresholds": {"deletion": {"max": 1.0}, "gradient": {"insertion": {"min": 1.01}}}}
+    cfg = {
+        "model": {"path": str(RESNET)},
+        "data": {"path": "synthetic:4:5"},
+        "evaluation": {"methods": ["gradient"], "step": 0.1},
+        "thresholds": {"deletion": {"max": 1.0}, "gradient": {"insertion": {"min": 1.01}}},
+    }
     report = validate(cfg, out_dir=tmp_path)
     assert report.evaluation.metrics == ("deletion", "insertion")  # taken from the thresholds
     by_name = {c.name: c for c in report.checks}

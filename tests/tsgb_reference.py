@@ -20,8 +20,11 @@ def div_stab(a, d):
     return a / (d + EPS * torch.where(d >= 0, 1.0, -1.0).to(d.dtype))
 
 
-_CONV_INPUT_GRAD = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
-                    3: torch.nn.grad.conv3d_input}
+_CONV_INPUT_GRAD = {
+    1: torch.nn.grad.conv1d_input,
+    2: torch.nn.grad.conv2d_input,
+    3: torch.nn.grad.conv3d_input,
+}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -54,8 +57,9 @@ class _TsgbConvFn(torch.autograd.Function):
 def _tf_same_pads(x, conv):
     """F.pad amounts of TF "SAME" padding (last axis first, as F.pad wants)."""
     pads = []
-    for size, k, s, d in reversed(list(zip(x.shape[2:], conv.kernel_size, conv.stride,
-                                             conv.dilation))):
+    for size, k, s, d in reversed(
+        list(zip(x.shape[2:], conv.kernel_size, conv.stride, conv.dilation))
+    ):
         out = -(-size // s)
         total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
         pads += [total // 2, total - total // 2]
@@ -70,8 +74,11 @@ class TsgbConv(nn.Module):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise NotImplementedError("reference handles zero, explicit padding only")
         self.conv = conv
-        self.same = type(conv).forward not in (nn.Conv1d.forward, nn.Conv2d.forward,
-                                               nn.Conv3d.forward)
+        self.same = type(conv).forward not in (
+            nn.Conv1d.forward,
+            nn.Conv2d.forward,
+            nn.Conv3d.forward,
+        )
         self.groups = 1 if reference_compat else conv.groups
 
     def forward(self, x):
@@ -115,10 +122,10 @@ class _AvgPoolFn(torch.autograd.Function):
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             out = ctx.pool(xr)
-            exact, = torch.autograd.grad(out, xr, gy)
+            (exact,) = torch.autograd.grad(out, xr, gy)
             xr2 = x.detach().requires_grad_(True)
             out2 = ctx.pool(xr2)
-            scaled, = torch.autograd.grad(out2, xr2, gy * y)
+            (scaled,) = torch.autograd.grad(out2, xr2, gy * y)
         negative = (x < 0).flatten(1).any(1).view(-1, *([1] * (x.dim() - 1)))
         return torch.where(negative, div_stab(scaled, x), exact), None
 
@@ -202,8 +209,9 @@ def fold_conv_bn(model: nn.Module, example) -> nn.Module:
     return model
 
 
-def tsgb_model(model: nn.Module, alpha: float = 1.0, reference_compat: bool = False,
-               fold_example=None) -> nn.Module:
+def tsgb_model(
+    model: nn.Module, alpha: float = 1.0, reference_compat: bool = False, fold_example=None
+) -> nn.Module:
     """A deep copy of `model` whose backward pass is TSGB (Conv→BN folded if an example given)."""
     model = copy.deepcopy(model).eval()
     if fold_example is not None:
@@ -215,11 +223,20 @@ def tsgb_model(model: nn.Module, alpha: float = 1.0, reference_compat: bool = Fa
         for name, child in parent.named_children():
             if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 setattr(parent, name, TsgbConv(child, reference_compat))
-            elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) \
-                    and "forward" in vars(child):
+            elif isinstance(
+                child, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+            ) and "forward" in vars(child):
                 continue  # folded into its conv
-            elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-                                    nn.LocalResponseNorm, nn.InstanceNorm2d)):
+            elif isinstance(
+                child,
+                (
+                    nn.BatchNorm1d,
+                    nn.BatchNorm2d,
+                    nn.BatchNorm3d,
+                    nn.LocalResponseNorm,
+                    nn.InstanceNorm2d,
+                ),
+            ):
                 setattr(parent, name, Eq6(child))
             elif isinstance(child, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
                 setattr(parent, name, TsgbAvgPool(child))
@@ -232,8 +249,14 @@ def tsgb_model(model: nn.Module, alpha: float = 1.0, reference_compat: bool = Fa
     return model
 
 
-def tsgb_saliency(model: nn.Module, x, target, alpha: float = 1.0,
-                  reference_compat: bool = False, fold_bn: bool = True):
+def tsgb_saliency(
+    model: nn.Module,
+    x,
+    target,
+    alpha: float = 1.0,
+    reference_compat: bool = False,
+    fold_bn: bool = True,
+):
     """(saliency [B, *spatial], signal at the input) of the TSGB reference.
 
     `fold_bn` folds Conv→BN pairs first, as both PyTorch exporters do: TSGB is invariant

@@ -71,9 +71,11 @@ def export(name: str, folder: str) -> str:
 
     if name == "efficientnet_lite0":
         from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
+
         model = efficientnet_lite0(pretrained=True)
     else:
         from bench_nets import BENCH_NETS
+
         torch.manual_seed(0)
         model = BENCH_NETS[name]()
     path = os.path.join(folder, f"{name}.onnx")
@@ -87,8 +89,9 @@ def cpu_session(model):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def canonical_session(path: str):
@@ -109,10 +112,18 @@ def compiled_session(path: str, method: str):
         return cpu_session(convert(path, method=method))
 
 
-CPU_DEFAULTS = {"nets": "resnet50,vgg16,mobilenetv2,efficientnet_lite0",
-                "methods": "gradient,tsgb", "batches": "1,8", "repeats": 3}
-CUDA_DEFAULTS = {"nets": "resnet50,vgg16,efficientnet_lite0", "methods": "tsgb",
-                 "batches": "1,8,64", "repeats": 5}
+CPU_DEFAULTS = {
+    "nets": "resnet50,vgg16,mobilenetv2,efficientnet_lite0",
+    "methods": "gradient,tsgb",
+    "batches": "1,8",
+    "repeats": 3,
+}
+CUDA_DEFAULTS = {
+    "nets": "resnet50,vgg16,efficientnet_lite0",
+    "methods": "tsgb",
+    "batches": "1,8,64",
+    "repeats": 5,
+}
 
 
 def gpu_time(fn, repeats: int) -> float:
@@ -135,9 +146,11 @@ def torch_reference(name: str, method: str, batch: int):
 
     if name == "efficientnet_lite0":
         from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
+
         model = efficientnet_lite0(pretrained=True)
     else:
         from bench_nets import BENCH_NETS
+
         torch.manual_seed(0)
         model = BENCH_NETS[name]()
     device = torch.device("cuda")
@@ -166,8 +179,8 @@ def main_cuda(args) -> None:
 
     from tsgb_onnx import Explainer
     from tsgb_onnx.backends import device
-    from tsgb_onnx.engine import cuda
     from tsgb_onnx.backends.cupy_ops import CupyOps
+    from tsgb_onnx.engine import cuda
     from tsgb_onnx.engine.executor import run_program
     from tsgb_onnx.errors import RuntimeUnavailableError
 
@@ -180,15 +193,21 @@ def main_cuda(args) -> None:
         ort_cuda = True
     except RuntimeUnavailableError as exc:
         ort_cuda = False
-        print(f"note: {exc}; the forward is recorded on the CPU, and only the CuPy backward "
-              "(activations copied to the GPU first) is timed")
+        print(
+            f"note: {exc}; the forward is recorded on the CPU, and only the CuPy backward "
+            "(activations copied to the GPU first) is timed"
+        )
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    print(f"GPU: {name}; onnxruntime {ort.__version__} "
-          f"({'CUDAExecutionProvider' if ort_cuda else 'CPU forward'}); cupy {cupy.__version__}")
-    print("| net | batch | method | ORT CUDA inference (img/s) | explanation (img/s) | "
-          "explanation / inference | PyTorch eager reference (img/s) | peak GPU memory of "
-          "one explanation: CuPy / device (MiB) |")
+    print(
+        f"GPU: {name}; onnxruntime {ort.__version__} "
+        f"({'CUDAExecutionProvider' if ort_cuda else 'CPU forward'}); cupy {cupy.__version__}"
+    )
+    print(
+        "| net | batch | method | ORT CUDA inference (img/s) | explanation (img/s) | "
+        "explanation / inference | PyTorch eager reference (img/s) | peak GPU memory of "
+        "one explanation: CuPy / device (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     ops = CupyOps()
     mib = 1 << 20
@@ -207,15 +226,24 @@ def main_cuda(args) -> None:
                 program = explainer.program()
                 recorder = cuda.CudaForwardRecorder(explainer.graph) if ort_cuda else None
                 for batch in (int(b) for b in args.batches.split(",")):
-                    x = np.random.default_rng(0).standard_normal(
-                        (batch, 3, 224, 224)).astype(np.float32)
+                    x = (
+                        np.random.default_rng(0)
+                        .standard_normal((batch, 3, 224, 224))
+                        .astype(np.float32)
+                    )
                     x_gpu = cupy.asarray(x)
                     target = np.ones(batch, dtype=np.int64)
                     infer = float("nan")
                     if session is not None:
                         binding = session.io_binding()
-                        binding.bind_input(session.get_inputs()[0].name, "cuda", 0, np.float32,
-                                           list(x.shape), x_gpu.data.ptr)
+                        binding.bind_input(
+                            session.get_inputs()[0].name,
+                            "cuda",
+                            0,
+                            np.float32,
+                            list(x.shape),
+                            x_gpu.data.ptr,
+                        )
                         for output in session.get_outputs():
                             binding.bind_output(output.name, "cuda", 0)
 
@@ -225,9 +253,11 @@ def main_cuda(args) -> None:
 
                         infer = gpu_time(infer_once, args.repeats)
                     if recorder is not None:
+
                         def explain_once():
                             logits, values, shapes = recorder.run(
-                                x_gpu, program.record, program.record_shapes)
+                                x_gpu, program.record, program.record_shapes
+                            )
                             seed = ops.one_hot(target, logits.shape[1])
                             activation = values[program.layer]
                             signal = run_program(program, ops, values, shapes, seed, {})
@@ -235,7 +265,8 @@ def main_cuda(args) -> None:
                             return saliency
                     else:
                         _, cpu_values, cpu_shapes = explainer.recorder.run(
-                            x, program.record, program.record_shapes)
+                            x, program.record, program.record_shapes
+                        )
                         classes = explainer.infer(x[:1]).shape[1]
 
                         gpu_values = {k: cupy.asarray(v) for k, v in cpu_values.items()}
@@ -246,36 +277,49 @@ def main_cuda(args) -> None:
                             activation = values[program.layer]
                             signal = run_program(program, ops, values, dict(cpu_shapes), seed, {})
                             return ops.to_numpy(ops.sum(ops.mul(signal, activation), 1))
+
                     explain = gpu_time(explain_once, args.repeats)
                     with cuda.GpuMemoryMeter() as meter:
                         explain_once()
                     reference = torch_reference(net, method, batch)
                     if callable(reference):
                         import torch
+
                         x_torch = torch.as_tensor(x, device="cuda")
-                        ref_cell = f"{batch / gpu_time(lambda: reference(x_torch), args.repeats):.1f}"
+                        ref_cell = (
+                            f"{batch / gpu_time(lambda: reference(x_torch), args.repeats):.1f}"
+                        )
                     else:
                         ref_cell = f"n/a ({reference})"
                     ratio = (infer / explain) if session is not None else float("nan")
-                    print(f"| {net} | {batch} | {method} | {batch / infer:.1f} | "
-                          f"{batch / explain:.1f} | **{ratio:.2f}×** | {ref_cell} | "
-                          f"{meter.cupy_peak_bytes / mib:.0f} / "
-                          f"{meter.device_used_bytes / mib:.0f} |", flush=True)
+                    print(
+                        f"| {net} | {batch} | {method} | {batch / infer:.1f} | "
+                        f"{batch / explain:.1f} | **{ratio:.2f}×** | {ref_cell} | "
+                        f"{meter.cupy_peak_bytes / mib:.0f} / "
+                        f"{meter.device_used_bytes / mib:.0f} |",
+                        flush=True,
+                    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--nets", default=None,
-                        help="cpu: resnet50,vgg16,mobilenetv2,efficientnet_lite0; "
-                             "cuda: resnet50,vgg16,efficientnet_lite0")
+    parser.add_argument(
+        "--nets",
+        default=None,
+        help="cpu: resnet50,vgg16,mobilenetv2,efficientnet_lite0; "
+        "cuda: resnet50,vgg16,efficientnet_lite0",
+    )
     parser.add_argument("--methods", default=None, help="cpu: gradient,tsgb; cuda: tsgb")
     parser.add_argument("--batches", default=None, help="cpu: 1,8; cuda: 1,8,64")
     parser.add_argument("--repeats", type=int, default=None, help="cpu: 3; cuda: 5")
-    parser.add_argument("--paths", default="engine,compiled",
-                        help="engine: ORT forward + NumPy backward (Explainer(..., "
-                             "backend='numpy')); compiled: the `tsgb convert` explainer "
-                             "model in one ORT session")
+    parser.add_argument(
+        "--paths",
+        default="engine,compiled",
+        help="engine: ORT forward + NumPy backward (Explainer(..., "
+        "backend='numpy')); compiled: the `tsgb convert` explainer "
+        "model in one ORT session",
+    )
     args = parser.parse_args()
     defaults = CUDA_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS
     for key, value in defaults.items():
@@ -288,13 +332,18 @@ def main() -> None:
 
     from tsgb_onnx import Explainer
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"onnxruntime {ort.__version__} CPUExecutionProvider; numpy {np.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"onnxruntime {ort.__version__} CPUExecutionProvider; numpy {np.__version__}"
+    )
     methods = args.methods.split(",")
     paths = args.paths.split(",")
     columns = [(m, p) for m in methods for p in paths]
-    print("| net | batch | inference as exported (s) | inference (s) | " + " | ".join(
-        f"{m} {p} (s) | {m} {p} / inference" for m, p in columns) + " |")
+    print(
+        "| net | batch | inference as exported (s) | inference (s) | "
+        + " | ".join(f"{m} {p} (s) | {m} {p} / inference" for m, p in columns)
+        + " |"
+    )
     print("|---|---|---|---|" + "---|---|" * len(columns))
     with tempfile.TemporaryDirectory() as folder:
         for name in args.nets.split(","):
@@ -308,23 +357,32 @@ def main() -> None:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         engine = Explainer(path, method=m, backend="numpy")
-                    runners[m, "engine"] = (
-                        lambda x, e=engine: e.explain(x, target=1))
+                    runners[m, "engine"] = lambda x, e=engine: e.explain(x, target=1)
                 if "compiled" in paths:
                     compiled = compiled_session(path, m)
-                    runners[m, "compiled"] = (
-                        lambda x, s=compiled: s.run(["saliency"], {
-                            input_name: x, "target": np.ones(len(x), dtype=np.int64)}))
+                    runners[m, "compiled"] = lambda x, s=compiled: s.run(
+                        ["saliency"], {input_name: x, "target": np.ones(len(x), dtype=np.int64)}
+                    )
             for batch in (int(b) for b in args.batches.split(",")):
-                x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-                fns = {"exported": lambda: exported.run(None, {input_name: x}),
-                       "inference": lambda: session.run(None, {input_name: x})}
+                x = (
+                    np.random.default_rng(0)
+                    .standard_normal((batch, 3, 224, 224))
+                    .astype(np.float32)
+                )
+                fns = {
+                    "exported": lambda: exported.run(None, {input_name: x}),
+                    "inference": lambda: session.run(None, {input_name: x}),
+                }
                 fns.update({column: (lambda c=column: runners[c](x)) for column in columns})
                 medians = interleaved_medians(fns, args.repeats)
                 infer = medians["inference"]
                 cells = [f"{medians[c]:.3f} | **{medians[c] / infer:.2f}×**" for c in columns]
-                print(f"| {name} | {batch} | {medians['exported']:.3f} | {infer:.3f} | "
-                      + " | ".join(cells) + " |", flush=True)
+                print(
+                    f"| {name} | {batch} | {medians['exported']:.3f} | {infer:.3f} | "
+                    + " | ".join(cells)
+                    + " |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,12 @@ def _without(rule_shortcuts: bool, pad_folding: bool):
     import tsgb_onnx.ir.graph as graph
     import tsgb_onnx.rules.tsgb as rules
 
-    keep = (rules.sign_redundant, rules.nonnegative, rules._feeds_tsgb_conv_only,
-            graph.fold_pads_into_convs)
+    keep = (
+        rules.sign_redundant,
+        rules.nonnegative,
+        rules._feeds_tsgb_conv_only,
+        graph.fold_pads_into_convs,
+    )
     if rule_shortcuts:
         rules.sign_redundant = rules.nonnegative = lambda graph, tensor, *rest: False
         rules._feeds_tsgb_conv_only = lambda node: False
@@ -48,8 +52,12 @@ def _without(rule_shortcuts: bool, pad_folding: bool):
     try:
         yield
     finally:
-        (rules.sign_redundant, rules.nonnegative, rules._feeds_tsgb_conv_only,
-         graph.fold_pads_into_convs) = keep
+        (
+            rules.sign_redundant,
+            rules.nonnegative,
+            rules._feeds_tsgb_conv_only,
+            graph.fold_pads_into_convs,
+        ) = keep
 
 
 def _baseline_model(source: str, path: str, out: str):
@@ -58,32 +66,40 @@ def _baseline_model(source: str, path: str, out: str):
 
     import onnx
 
-    code = ("import sys, warnings; warnings.simplefilter('ignore'); import onnx; "
-            "from tsgb_onnx.convert import convert; "
-            "onnx.save(convert(sys.argv[1], method='tsgb'), sys.argv[2])")
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); import onnx; "
+        "from tsgb_onnx.convert import convert; "
+        "onnx.save(convert(sys.argv[1], method='tsgb'), sys.argv[2])"
+    )
     env = dict(os.environ, PYTHONPATH=os.path.abspath(source))
-    subprocess.run([sys.executable, "-c", code, path, out], check=True, env=env,
-                   cwd=tempfile.gettempdir())
+    subprocess.run(
+        [sys.executable, "-c", code, path, out], check=True, env=env, cwd=tempfile.gettempdir()
+    )
     return onnx.load(out)
 
 
 def main() -> None:
     from bench import canonical_session, cpu_session, export, interleaved_medians
+
     from tsgb_onnx.convert import convert
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", default="vgg16,resnet50,mobilenetv2,efficientnet_lite0")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--baseline", default=None,
-                   help="a checkout of another tsgb-onnx version to time alongside")
+    p.add_argument(
+        "--baseline", default=None, help="a checkout of another tsgb-onnx version to time alongside"
+    )
     args = p.parse_args()
     warnings.simplefilter("ignore")
     folder = tempfile.mkdtemp(prefix="tsgb_bench_")
     variants = {"plain": (True, True), "rules": (False, True), "shipped": (False, False)}
     columns = list(variants) + (["baseline"] if args.baseline else [])
-    print("| net | inference (s) | tsgb, plain (s) | tsgb, rule shortcuts (s) | tsgb, shipped (s) "
-          + ("| tsgb, baseline (s) " if args.baseline else "") + "| max map difference / max |")
+    print(
+        "| net | inference (s) | tsgb, plain (s) | tsgb, rule shortcuts (s) | tsgb, shipped (s) "
+        + ("| tsgb, baseline (s) " if args.baseline else "")
+        + "| max map difference / max |"
+    )
     print("|---|---|" + "---|" * len(columns) + "---|")
     for name in args.nets.split(","):
         path = export(name, folder)
@@ -92,17 +108,23 @@ def main() -> None:
             with _without(*off):
                 sessions[key] = cpu_session(convert(path, method="tsgb"))
         if args.baseline:
-            sessions["baseline"] = cpu_session(_baseline_model(
-                args.baseline, path, os.path.join(folder, f"{name}_baseline.onnx")))
+            sessions["baseline"] = cpu_session(
+                _baseline_model(args.baseline, path, os.path.join(folder, f"{name}_baseline.onnx"))
+            )
         plain = canonical_session(path)  # inference baseline: the canonical graph
-        feed = {plain.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
-            (args.batch, 3, 224, 224)).astype(np.float32)}
+        feed = {
+            plain.get_inputs()[0].name: np.random.default_rng(0)
+            .standard_normal((args.batch, 3, 224, 224))
+            .astype(np.float32)
+        }
         maps = {key: s.run(["saliency"], feed)[0] for key, s in sessions.items()}
         fns = {"inference": lambda: plain.run(None, feed)}
         fns.update({key: (lambda s=s: s.run(["saliency"], feed)) for key, s in sessions.items()})
         m = interleaved_medians(fns, args.repeats)
-        diff = max(float(np.abs(maps[k] - maps["plain"]).max() / np.abs(maps["plain"]).max())
-                   for k in columns)
+        diff = max(
+            float(np.abs(maps[k] - maps["plain"]).max() / np.abs(maps["plain"]).max())
+            for k in columns
+        )
         cells = " | ".join(f"{m[k]:.3f} ({m[k] / m['inference']:.2f}×)" for k in columns)
         print(f"| {name} | {m['inference']:.3f} | {cells} | {diff:.1e} |", flush=True)
 

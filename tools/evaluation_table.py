@@ -29,8 +29,10 @@ from tsgb_onnx.evaluation.evaluate import COLUMNS, Settings, evaluate  # noqa: E
 from tsgb_onnx.methods.table import available_methods  # noqa: E402
 
 DATA = ROOT / "tsgb_onnx" / "data"
-NETS = (("VGG-style (synthetic_vgg.onnx)", "synthetic_vgg.onnx"),
-        ("ResNet-style (synthetic_resnet.onnx)", "synthetic_resnet.onnx"))
+NETS = (
+    ("VGG-style (synthetic_vgg.onnx)", "synthetic_vgg.onnx"),
+    ("ResNet-style (synthetic_resnet.onnx)", "synthetic_resnet.onnx"),
+)
 
 
 def verdicts(ev, method: str = "tsgb") -> list[str]:
@@ -41,22 +43,30 @@ def verdicts(ev, method: str = "tsgb") -> list[str]:
         return [f"* {method} did not run on this net."]
     lines = []
     for key, header, better in COLUMNS:
-        vals = [(r.values[key], r.method) for r in ok
-                if key in r.values and isinstance(r.values[key], float) and math.isfinite(r.values[key])]
+        vals = [
+            (r.values[key], r.method)
+            for r in ok
+            if key in r.values and isinstance(r.values[key], float) and math.isfinite(r.values[key])
+        ]
         if key not in mine.values or len(vals) < 2:
             continue
         vals.sort(reverse=(better == "higher"))
         best_value, best = vals[0]
-        rank = 1 + sum(1 for v, _ in vals if (v > mine.values[key] if better == "higher"
-                                               else v < mine.values[key]))
+        rank = 1 + sum(
+            1
+            for v, _ in vals
+            if (v > mine.values[key] if better == "higher" else v < mine.values[key])
+        )
         name = header.rstrip(" ↑↓")
         ties = sum(1 for v, _ in vals if v == mine.values[key]) - 1
         if rank == 1:
             tied = f", tied with {ties} other method{'s' * (ties > 1)}" if ties else ""
             lines.append(f"* {name}: {method} is best ({mine.values[key]:.3g}{tied}).")
         else:
-            lines.append(f"* {name}: {method} is **not** best — rank {rank} of {len(vals)} "
-                         f"({mine.values[key]:.3g}; best {best} {best_value:.3g}).")
+            lines.append(
+                f"* {name}: {method} is **not** best — rank {rank} of {len(vals)} "
+                f"({mine.values[key]:.3g}; best {best} {best_value:.3g})."
+            )
     return lines
 
 
@@ -66,8 +76,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--methods", default="all")
     p.add_argument("--photos", action="store_true", help="also Lite0 on the scikit-image photos")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"),
-                   help="page whose marked section is replaced (appended when unmarked)")
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "docs" / "benchmarks.md"),
+        help="page whose marked section is replaced (appended when unmarked)",
+    )
     p.add_argument("--json", default=None, help="also write every number (per sample) as JSON")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -83,30 +96,50 @@ def main() -> None:
         thr = {r.method: r.details.get("loc_threshold") for r in ev.results if r.error is None}
         sections.append(
             f"### {title}\n\n{ev.images} scenes, {len(ev.samples.target)} objects explained; "
-            f"plain inference {ev.inference_images_per_s:.0f} images/s.\n\n" + ev.markdown()
+            f"plain inference {ev.inference_images_per_s:.0f} images/s.\n\n"
+            + ev.markdown()
             + "\nLocalization thresholds chosen on the held-out half: "
-            + ", ".join(f"{m} {t:g}" for m, t in thr.items() if t is not None) + ".\n\n"
-            + "Where TSGB stands:\n\n" + "\n".join(verdicts(ev)) + "\n")
+            + ", ".join(f"{m} {t:g}" for m, t in thr.items() if t is not None)
+            + ".\n\n"
+            + "Where TSGB stands:\n\n"
+            + "\n".join(verdicts(ev))
+            + "\n"
+        )
     if args.photos:
         from tsgb_onnx.io.photos import lite0_onnx
 
-        ev = evaluate(str(lite0_onnx()), "skimage", methods, ["pointing", "deletion"],
-                      settings=Settings(progress=not args.quiet, batch_size=8))
+        ev = evaluate(
+            str(lite0_onnx()),
+            "skimage",
+            methods,
+            ["pointing", "deletion"],
+            settings=Settings(progress=not args.quiet, batch_size=8),
+        )
         payload["nets"]["efficientnet_lite0"] = ev.to_dict()
         sections.append(
             "### Pretrained EfficientNet-Lite0 on scikit-image photos\n\n"
             f"{len(ev.samples.target)} hand-boxed objects (cat, cup, rocket, space shuttle model, "
             "helmet); too few for ranking methods, a plausibility check on a real ImageNet net.\n\n"
-            + ev.markdown())
+            + ev.markdown()
+        )
     cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     trained = json.loads((DATA / "synthetic_models.json").read_text())["models"]
     shown = {"vgg": "VGG-style", "resnet": "ResNet-style"}
-    models = "; ".join(f"{shown.get(name, name)} {m['epochs']} epochs, {100 * m['label_accuracy']:.1f}% of "
-                       f"the present/absent decisions right, {100 * m['scene_accuracy']:.1f}% of "
-                       "the scenes entirely right" for name, m in
-                       sorted(trained.items(), key=lambda kv: kv[0] != "vgg"))
-    text = TEMPLATE.format(begin=BEGIN, end=END, data=data, cpu=cpu, methods=", ".join(methods),
-                           tables="\n".join(sections), models=models)
+    models = "; ".join(
+        f"{shown.get(name, name)} {m['epochs']} epochs, {100 * m['label_accuracy']:.1f}% of "
+        f"the present/absent decisions right, {100 * m['scene_accuracy']:.1f}% of "
+        "the scenes entirely right"
+        for name, m in sorted(trained.items(), key=lambda kv: kv[0] != "vgg")
+    )
+    text = TEMPLATE.format(
+        begin=BEGIN,
+        end=END,
+        data=data,
+        cpu=cpu,
+        methods=", ".join(methods),
+        tables="\n".join(sections),
+        models=models,
+    )
     out = Path(args.out)
     write_section(out, text)
     print(f"wrote {out}", file=sys.stderr)

@@ -31,8 +31,10 @@ def cases():
         x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
         yield name, factory(), x, [3, 1]
     from tsgb_onnx.io.zoo.efficientnet_lite0 import efficientnet_lite0
-    x = np.concatenate([to_tensor(fit_image(photo(p), LITE0_PREP), LITE0_PREP)
-                        for p in ("chelsea", "coffee")])
+
+    x = np.concatenate(
+        [to_tensor(fit_image(photo(p), LITE0_PREP), LITE0_PREP) for p in ("chelsea", "coffee")]
+    )
     yield "efficientnet_lite0", efficientnet_lite0(), x, [285, 967]
 
 
@@ -50,18 +52,27 @@ def main() -> None:
                 ref = (signal * x).sum(1)
                 cells.append(np.abs(grad - ref).max() / np.abs(ref).max())
                 for compat in (False, True):
-                    ours = Explainer(proto, method="tsgb", reference_compat=compat) \
-                        .explain(x, target=target).saliency
+                    ours = (
+                        Explainer(proto, method="tsgb", reference_compat=compat)
+                        .explain(x, target=target)
+                        .saliency
+                    )
                     ref, _ = tsgb_saliency(model, x, target, reference_compat=compat)
                     cells.append(np.abs(ours - ref).max() / np.abs(ref).max())
-            print(f"| {name} | {'dynamo' if dynamo else 'torchscript'} | "
-                  + " | ".join(f"{c:.1e}" for c in cells) + " |", flush=True)
+            print(
+                f"| {name} | {'dynamo' if dynamo else 'torchscript'} | "
+                + " | ".join(f"{c:.1e}" for c in cells)
+                + " |",
+                flush=True,
+            )
         if name == "efficientnet_lite0":  # how far autograd itself moves under 1e-6 input noise
             noise = 1e-6 * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
             base, _ = autograd_signal(model, x, target)
             moved, _ = autograd_signal(model, x + noise, target)
-            print(f"\n{name}: autograd at x vs x + 1e-6 noise differs by "
-                  f"{np.abs(moved - base).max() / np.abs(base).max():.1e} (max |diff| / max |grad|)")
+            print(
+                f"\n{name}: autograd at x vs x + 1e-6 noise differs by "
+                f"{np.abs(moved - base).max() / np.abs(base).max():.1e} (max |diff| / max |grad|)"
+            )
 
 
 if __name__ == "__main__":

@@ -27,16 +27,28 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench import interleaved_medians  # noqa: E402
+
 from tsgb_onnx import Explainer, available_methods  # noqa: E402
-from tsgb_onnx.io.photos import (  # noqa: E402
-    CAT, ESPRESSO, LITE0_PREP, fit_image, half_shares, lite0_onnx, photo, to_tensor,
-    two_photo_input)
 from tsgb_onnx.evaluation.metrics import spearman  # noqa: E402
+from tsgb_onnx.io.photos import (  # noqa: E402
+    CAT,
+    ESPRESSO,
+    LITE0_PREP,
+    fit_image,
+    half_shares,
+    lite0_onnx,
+    photo,
+    to_tensor,
+    two_photo_input,
+)
 from tsgb_onnx.io.render import heatmap, save_png  # noqa: E402
 
 # methods whose map is not the plain rule-set product (options chosen for the figure/table)
-OPTIONS = {"smoothgrad": {"n": 16}, "integrated_gradients": {"steps": 16},
-           "meta_saliency": {"base": "gradient"}}
+OPTIONS = {
+    "smoothgrad": {"n": 16},
+    "integrated_gradients": {"steps": 16},
+    "meta_saliency": {"base": "gradient"},
+}
 
 
 def _label(rgb: np.ndarray, text: str) -> np.ndarray:
@@ -65,7 +77,7 @@ def _grid(cells: list[np.ndarray], columns: int) -> np.ndarray:
     gap_v = np.full((h, 12, 3), 255, np.uint8)
     rows = []
     for i in range(0, len(cells), columns):
-        parts = [c for cell in cells[i:i + columns] for c in (cell, gap_v)][:-1]
+        parts = [c for cell in cells[i : i + columns] for c in (cell, gap_v)][:-1]
         row = np.concatenate(parts, 1)
         rows += [row, np.full((6,) + row.shape[1:], 255, np.uint8)]
     return np.concatenate(rows[:-1], 0)
@@ -74,28 +86,38 @@ def _grid(cells: list[np.ndarray], columns: int) -> np.ndarray:
 def class_sensitivity(methods, figure: str | None, columns: int = 2, height: int = 112) -> None:
     rgb, x = two_photo_input()
     model = lite0_onnx(size=(224, 448))
-    print("| method | cat map: share on cat half | cup map: share on cup half "
-          "| Spearman(cat map, cup map) |")
+    print(
+        "| method | cat map: share on cat half | cup map: share on cup half "
+        "| Spearman(cat map, cup map) |"
+    )
     print("|---|---|---|---|")
     from PIL import Image
 
     small = np.asarray(Image.fromarray(rgb).resize((2 * height, height), Image.BILINEAR))
     gap = np.full((height, 4, 3), 255, np.uint8)
-    cells = [_label(np.concatenate([small, gap, small], 1),
-                    "input; left: map for Egyptian cat, right: for espresso")]
+    cells = [
+        _label(
+            np.concatenate([small, gap, small], 1),
+            "input; left: map for Egyptian cat, right: for espresso",
+        )
+    ]
     for method in methods:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = Explainer(model, method=method, **OPTIONS.get(method, {})).explain(
-                np.concatenate([x, x]), target=[CAT, ESPRESSO])
+                np.concatenate([x, x]), target=[CAT, ESPRESSO]
+            )
         cat_map, cup_map = result.saliency
         rho = spearman(cat_map, cup_map)
         cat_left, _ = half_shares(cat_map)
         _, cup_right = half_shares(cup_map)
         print(f"| {method} | {cat_left:.1%} | {cup_right:.1%} | {rho:+.3f} |", flush=True)
-        cells.append(_label(np.concatenate([_panel(cat_map, height), gap,
-                                            _panel(cup_map, height)], 1),
-                            f"{method}  (Spearman {rho:+.2f})"))
+        cells.append(
+            _label(
+                np.concatenate([_panel(cat_map, height), gap, _panel(cup_map, height)], 1),
+                f"{method}  (Spearman {rho:+.2f})",
+            )
+        )
     if figure:
         save_png(_grid(cells, columns), figure)
         print(f"\nwrote {figure}")
@@ -115,8 +137,10 @@ def speed(methods, batch: int, repeats: int) -> None:
         fns.update({m: (lambda e=e: e.explain(x)) for m, e in explainers.items()})
         times = interleaved_medians(fns, repeats)
     infer = times["inference"]
-    print(f"\nEfficientNet-Lite0 224x224, batch {batch}, {os.cpu_count()} CPU cores "
-          f"({platform.processor() or platform.machine()}); inference {batch / infer:.1f} images/s\n")
+    print(
+        f"\nEfficientNet-Lite0 224x224, batch {batch}, {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}); inference {batch / infer:.1f} images/s\n"
+    )
     print("| method | images/s | time / inference |")
     print("|---|---|---|")
     for method in methods:

@@ -23,11 +23,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-quic", "--no-first-run", "--no-default-browser-check",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--mute-audio",
-         "--allow-file-access-from-files", "--virtual-time-budget=5000")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--allow-file-access-from-files",
+    "--virtual-time-budget=5000",
+)
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 _PROBE = """<script>
 window.addEventListener("load", function () {
@@ -48,32 +60,53 @@ def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def check(index: Path, browser: str, screenshot: Path | None = None,
-          timeout: float = 60) -> tuple[int, int, list[str]]:
+def check(
+    index: Path, browser: str, screenshot: Path | None = None, timeout: float = 60
+) -> tuple[int, int, list[str]]:
     """(images, loaded, broken srcs) of the page as Chromium renders it."""
     text = index.read_text(encoding="utf-8")
     probe = index.with_name(f".render_check_{index.stem}.html")
-    probed = (text.replace("</body>", _PROBE + "</body>") if "</body>" in text
-              else text + _PROBE)  # the end tag is optional in HTML
+    probed = (
+        text.replace("</body>", _PROBE + "</body>") if "</body>" in text else text + _PROBE
+    )  # the end tag is optional in HTML
     probe.write_text(probed, encoding="utf-8")
     flags = list(FLAGS)
     try:
         with tempfile.TemporaryDirectory(prefix="tsgb_chromium_") as profile:
             flags.append(f"--user-data-dir={profile}")
-            proc = subprocess.run([browser, *flags, "--dump-dom", probe.resolve().as_uri()],
-                                  capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [browser, *flags, "--dump-dom", probe.resolve().as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             if screenshot is not None:
-                subprocess.run([browser, *flags, "--window-size=1100,900", "--hide-scrollbars",
-                                f"--screenshot={screenshot.resolve()}", index.resolve().as_uri()],
-                               capture_output=True, text=True, timeout=timeout)
+                subprocess.run(
+                    [
+                        browser,
+                        *flags,
+                        "--window-size=1100,900",
+                        "--hide-scrollbars",
+                        f"--screenshot={screenshot.resolve()}",
+                        index.resolve().as_uri(),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
     finally:
         probe.unlink(missing_ok=True)
     found = re.search(r"TSGB_IMAGES (\d+) LOADED (\d+) BROKEN ([^<]*)", proc.stdout)
     if not found:
-        said = [line for line in (proc.stderr + proc.stdout).splitlines()
-                if line.strip() and "dbus" not in line.lower()]  # headless dbus noise
-        raise RuntimeError(f"the page did not report its images (Chromium exit "
-                           f"{proc.returncode}): {' / '.join(said[-5:])[-600:] or 'no output'}")
+        said = [
+            line
+            for line in (proc.stderr + proc.stdout).splitlines()
+            if line.strip() and "dbus" not in line.lower()
+        ]  # headless dbus noise
+        raise RuntimeError(
+            f"the page did not report its images (Chromium exit "
+            f"{proc.returncode}): {' / '.join(said[-5:])[-600:] or 'no output'}"
+        )
     broken = [s for s in found.group(3).strip().split("|") if s]
     return int(found.group(1)), int(found.group(2)), broken
 
@@ -90,14 +123,17 @@ def main(argv=None) -> int:
     try:
         total, loaded, broken = check(args.index, browser, args.screenshot)
     except subprocess.TimeoutExpired as e:
-        print(f"render_check: {Path(browser).name} timed out after {e.timeout:.0f} s",
-              file=sys.stderr)
+        print(
+            f"render_check: {Path(browser).name} timed out after {e.timeout:.0f} s", file=sys.stderr
+        )
         return 2
     except (RuntimeError, OSError) as e:
         print(f"render_check: {e}", file=sys.stderr)
         return 2
-    print(f"{args.index}: {loaded}/{total} images loaded in {Path(browser).name}"
-          + (f"; broken: {', '.join(broken)}" if broken else ""))
+    print(
+        f"{args.index}: {loaded}/{total} images loaded in {Path(browser).name}"
+        + (f"; broken: {', '.join(broken)}" if broken else "")
+    )
     return 0 if total and loaded == total else 1
 
 

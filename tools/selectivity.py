@@ -31,8 +31,9 @@ def main() -> None:
     for method in args.methods.split(","):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = Explainer(model, method=method).explain(np.concatenate([x, x]),
-                                                             target=[CAT, ESPRESSO])
+            result = Explainer(model, method=method).explain(
+                np.concatenate([x, x]), target=[CAT, ESPRESSO]
+            )
         for row, label in enumerate(("cat (285)", "espresso (967)")):
             left, right = half_shares(result.saliency[row])
             print(f"| {method} | {label} | {left:.1%} | {right:.1%} |")

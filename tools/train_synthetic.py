@@ -2,7 +2,8 @@
 
     python tools/train_synthetic.py [--out tsgb_onnx/data] [--nets vgg,resnet]
 
-Multi-label task (new scenes every epoch, test scenes from another seed): each 64x64 scene (`tsgb_onnx.scenes`) holds 2-3 objects of 5 shape classes;
+Multi-label task (new scenes every epoch, test scenes from another seed): each 64x64 scene
+(`tsgb_onnx.evaluation.scenes`) holds 2-3 objects of 5 shape classes;
 the nets output 5 logits trained with a per-class sigmoid (binary cross-entropy). Both nets
 are small (VGG-style with two FC layers; ResNet-style with BatchNorm, residual blocks and
 global average pooling), trained on CPU with fixed seeds, and written as
@@ -36,11 +37,19 @@ class VGGStyle(nn.Module):
         def conv(i, o):
             return [nn.Conv2d(i, o, 3, padding=1), nn.ReLU()]
 
-        self.features = nn.Sequential(*conv(3, 16), *conv(16, 16), nn.MaxPool2d(2),
-                                      *conv(16, 32), *conv(32, 32), nn.MaxPool2d(2),
-                                      *conv(32, 48), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(48 * 8 * 8, 64), nn.ReLU(),
-                                        nn.Linear(64, classes))
+        self.features = nn.Sequential(
+            *conv(3, 16),
+            *conv(16, 16),
+            nn.MaxPool2d(2),
+            *conv(16, 32),
+            *conv(32, 32),
+            nn.MaxPool2d(2),
+            *conv(32, 48),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(48 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -49,11 +58,18 @@ class VGGStyle(nn.Module):
 class Block(nn.Module):
     def __init__(self, i, o, stride):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(i, o, 3, stride, 1, bias=False), nn.BatchNorm2d(o),
-                                  nn.ReLU(), nn.Conv2d(o, o, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(o))
-        self.skip = (nn.Identity() if stride == 1 and i == o else
-                     nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o)))
+        self.body = nn.Sequential(
+            nn.Conv2d(i, o, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(o),
+            nn.ReLU(),
+            nn.Conv2d(o, o, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(o),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and i == o
+            else nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False), nn.BatchNorm2d(o))
+        )
         self.relu = nn.ReLU()
 
     def forward(self, x):
@@ -65,7 +81,9 @@ class ResNetStyle(nn.Module):
 
     def __init__(self, classes: int = CLASSES):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
         self.stages = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2), Block(32, 48, 2))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, classes))
 
@@ -93,7 +111,7 @@ def train(net: nn.Module, count: int, epochs: int, seed: int, batch: int = 64) -
         order = torch.randperm(len(x), generator=g)
         total = 0.0
         for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             xb = x[idx]
             if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip keeps every label
                 xb = xb.flip(3)
@@ -141,15 +159,34 @@ def main() -> None:
         exact, per_label = accuracy(net, xte, yte)
         path = out / f"synthetic_{name}.onnx"
         from_torch(net, xte[:1], path)
-        report[name] = {"epochs": epochs[name], "scene_accuracy": round(exact, 4), "label_accuracy": round(per_label, 4),
-                        "train_seconds": round(time.perf_counter() - start, 1),
-                        "bytes": path.stat().st_size}
-        print(f"  {path}: test scenes all-correct {exact:.3f}, labels correct {per_label:.3f}, "
-              f"{report[name]['train_seconds']} s, {path.stat().st_size / 1e6:.2f} MB", flush=True)
-    summary_path.write_text(json.dumps(
-        {"classes": list(scenes.CLASSES), "input": [3, scenes.SIZE, scenes.SIZE],
-         "mean": scenes.MEAN, "std": scenes.STD, "train": args.train, "test": args.test,
-         "seed": args.seed, "models": report}, indent=2) + "\n")
+        report[name] = {
+            "epochs": epochs[name],
+            "scene_accuracy": round(exact, 4),
+            "label_accuracy": round(per_label, 4),
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "bytes": path.stat().st_size,
+        }
+        print(
+            f"  {path}: test scenes all-correct {exact:.3f}, labels correct {per_label:.3f}, "
+            f"{report[name]['train_seconds']} s, {path.stat().st_size / 1e6:.2f} MB",
+            flush=True,
+        )
+    summary_path.write_text(
+        json.dumps(
+            {
+                "classes": list(scenes.CLASSES),
+                "input": [3, scenes.SIZE, scenes.SIZE],
+                "mean": scenes.MEAN,
+                "std": scenes.STD,
+                "train": args.train,
+                "test": args.test,
+                "seed": args.seed,
+                "models": report,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

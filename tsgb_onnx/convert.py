@@ -12,19 +12,40 @@ from __future__ import annotations
 
 import onnx
 
-from tsgb_onnx.backends.compile import (EXPLAINER_KEY, SALIENCY, SEED, SIGNAL, TARGET,
-                                        ConvertWarning, compile_model)
+from tsgb_onnx.backends.compile import (
+    EXPLAINER_KEY,
+    SALIENCY,
+    SEED,
+    SIGNAL,
+    TARGET,
+    ConvertWarning,
+    compile_model,
+)
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.graph import ModelLike
 from tsgb_onnx.methods.base import Method
 from tsgb_onnx.methods.table import get_method
 
-__all__ = ["convert", "convert_vjp", "ConvertWarning", "EXPLAINER_KEY", "SALIENCY", "SEED",
-           "SIGNAL", "TARGET"]
+__all__ = [
+    "convert",
+    "convert_vjp",
+    "ConvertWarning",
+    "EXPLAINER_KEY",
+    "SALIENCY",
+    "SEED",
+    "SIGNAL",
+    "TARGET",
+]
 
 
-def convert(model: ModelLike, method: str = "tsgb", layer: str | None = None,
-            keep_signal: bool = False, output: str | None = None, **options) -> onnx.ModelProto:
+def convert(
+    model: ModelLike,
+    method: str = "tsgb",
+    layer: str | None = None,
+    keep_signal: bool = False,
+    output: str | None = None,
+    **options,
+) -> onnx.ModelProto:
     """An ONNX model that returns the model's outputs plus `saliency` for `method`.
 
     `layer` picks the tensor the map is taken at (default: the model input); `output` the
@@ -33,17 +54,30 @@ def convert(model: ModelLike, method: str = "tsgb", layer: str | None = None,
     whose target is >= the number of classes gets a NaN map.
     """
     chosen = _one_pass(method)
-    return compile_model(model, chosen, chosen.resolve_options(options), layer, output,
-                         keep_signal, seed_input=False)
+    return compile_model(
+        model, chosen, chosen.resolve_options(options), layer, output, keep_signal, seed_input=False
+    )
 
 
-def convert_vjp(model: ModelLike, method: str = "gradient", layer: str | None = None,
-                output: str | None = None, **options) -> onnx.ModelProto:
+def convert_vjp(
+    model: ModelLike,
+    method: str = "gradient",
+    layer: str | None = None,
+    output: str | None = None,
+    **options,
+) -> onnx.ModelProto:
     """An ONNX model with inputs (model input, `seed` shaped like the logits) whose output
     `signal` is the method's backward signal at `layer` for that seed."""
     chosen = _one_pass(method)
-    return compile_model(model, chosen, chosen.resolve_options(options), layer, output,
-                         keep_signal=True, seed_input=True)
+    return compile_model(
+        model,
+        chosen,
+        chosen.resolve_options(options),
+        layer,
+        output,
+        keep_signal=True,
+        seed_input=True,
+    )
 
 
 def _one_pass(name: str) -> Method:
@@ -51,5 +85,6 @@ def _one_pass(name: str) -> Method:
     if not isinstance(method, Method):
         raise MethodError(
             f"method '{name}' is not one backward pass, so it has no reverse program "
-            "(it runs through Explainer.explain only; not convert or inspect --program)")
+            "(it runs through Explainer.explain only; not convert or inspect --program)"
+        )
     return method

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +54,17 @@ class Explainer:
     else the CPU, with one `GpuFallbackWarning`).
     """
 
-    def __init__(self, model: ModelLike, method: str = "tsgb", providers: Sequence | None = None,
-                 output: str | None = None, threads: int | None = None, backend: str = "auto",
-                 device: str = "cpu", **options: Any):
+    def __init__(
+        self,
+        model: ModelLike,
+        method: str = "tsgb",
+        providers: Sequence | None = None,
+        output: str | None = None,
+        threads: int | None = None,
+        backend: str = "auto",
+        device: str = "cpu",
+        **options: Any,
+    ):
         self.method: Method | MapMethod = get_method(method)
         self.options = self.method.resolve_options(options)
         if isinstance(model, _Shared):  # a sub-explainer: same graph, recorder and caches
@@ -80,7 +89,8 @@ class Explainer:
         if self.method.reference is not None and self.backend == "compiled":
             raise MethodError(
                 f"method '{self.method.name}' needs a reference forward pass, which the compiled "
-                "explainer cannot run: use backend='auto' or 'numpy'")
+                "explainer cannot run: use backend='auto' or 'numpy'"
+            )
         if isinstance(self.method, Method):
             self.program()  # plan now: an unsupported op fails before anything runs
         else:
@@ -99,9 +109,16 @@ class Explainer:
         """An explainer for `method` on another model with this one's device, threads and
         logits (e.g. meta-saliency's updated weights); engine backend."""
         cpu = self.device.name != "cuda"
-        return Explainer(model, method=method, output=self.graph.logits_name,
-                         providers=self._shared.providers if cpu else None, backend="numpy",
-                         threads=self.threads, device=self.device.name, **options)
+        return Explainer(
+            model,
+            method=method,
+            output=self.graph.logits_name,
+            providers=self._shared.providers if cpu else None,
+            backend="numpy",
+            threads=self.threads,
+            device=self.device.name,
+            **options,
+        )
 
     def method_named(self, name: str) -> Method | MapMethod:
         """The registered method called `name` (MethodError when there is none)."""
@@ -121,8 +138,9 @@ class Explainer:
         """Plain forward pass: the logits."""
         return self.recorder.infer(self._check_input(x))
 
-    def explain(self, x: np.ndarray, target: TargetLike = None,
-                layer: str | None = None) -> Explanation:
+    def explain(
+        self, x: np.ndarray, target: TargetLike = None, layer: str | None = None
+    ) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
         if isinstance(self.method, MapMethod):
             result = self.method.compute(self, self._check_input(x), target, layer, self.options)
@@ -138,8 +156,9 @@ class Explainer:
         signal = self._backward(program, values, shapes, seed)
         return self._finish(signal, activation, logits, targets, program)
 
-    def signals(self, x: np.ndarray, target: TargetLike = None, layers: Sequence[str] = ()
-                ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    def signals(
+        self, x: np.ndarray, target: TargetLike = None, layers: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """Signals at several tensors from ONE backward pass (engine path).
 
         Runs the explainer's rule method (a map method: its `backward` method, default
@@ -157,8 +176,11 @@ class Explainer:
         tapped: dict = {}
         self._backward(program, values, shapes, seed, tapped)
         to_np = self.ops.to_numpy
-        return (np.asarray(logits), targets,
-                {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers})
+        return (
+            np.asarray(logits),
+            targets,
+            {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers},
+        )
 
     def reference_input(self, x: np.ndarray) -> np.ndarray:
         """The reference pass's input for `x` (methods with a reference, e.g. the baseline)."""
@@ -214,11 +236,19 @@ class Explainer:
         else:
             fed = resolve_targets(target, np.zeros((batch, classes), np.float32))
         saliency, signal, logits = self.recorder.run_session(
-            session, [SALIENCY, SIGNAL, self.graph.logits_name],
-            {self.graph.input_name: x, TARGET: fed})
+            session,
+            [SALIENCY, SIGNAL, self.graph.logits_name],
+            {self.graph.input_name: x, TARGET: fed},
+        )
         targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
-        return Explanation(saliency=saliency, signal=signal, logits=logits, target=targets,
-                           layer=self.program(layer).layer, method=self.method.name)
+        return Explanation(
+            saliency=saliency,
+            signal=signal,
+            logits=logits,
+            target=targets,
+            layer=self.program(layer).layer,
+            method=self.method.name,
+        )
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Backward signal at `layer` for an arbitrary signal `seed` at the logits."""
@@ -236,7 +266,7 @@ class Explainer:
         plain = tuple(t for t in program.record if not t.startswith(REFERENCE))
         logits, values, shapes = self.recorder.run(x, plain, program.record_shapes)
         if program.reference:
-            names = tuple(t[len(REFERENCE):] for t in program.record if t.startswith(REFERENCE))
+            names = tuple(t[len(REFERENCE) :] for t in program.record if t.startswith(REFERENCE))
             _, ref_values, _ = self.recorder.run(self.reference_input(x), names)
             values.update({REFERENCE + t: v for t, v in ref_values.items()})
         return program, logits, values, shapes
@@ -244,8 +274,9 @@ class Explainer:
     def _backward(self, program, values, shapes, seed, tapped: dict | None = None):
         # on the GPU one stream does the whole batch; on the CPU, batch slices in threads
         workers = 1 if self.device.name == "cuda" else self.threads
-        return run_program_rows(program, self.ops, values, shapes, seed, self._shared.consts,
-                                workers, tapped)
+        return run_program_rows(
+            program, self.ops, values, shapes, seed, self._shared.consts, workers, tapped
+        )
 
     def _finish(self, signal, activation, logits, targets, program) -> Explanation:
         ops = self.ops
@@ -253,8 +284,11 @@ class Explainer:
         axis = self.graph.channel_axis(program.layer)
         saliency = ops.sum(product, axis=axis) if ops.ndim(product) > 1 else product
         return Explanation(
-            saliency=ops.to_numpy(saliency), signal=ops.to_numpy(signal),
-            logits=np.asarray(logits), target=targets, layer=program.layer,
+            saliency=ops.to_numpy(saliency),
+            signal=ops.to_numpy(signal),
+            logits=np.asarray(logits),
+            target=targets,
+            layer=program.layer,
             method=self.method.name,
         )
 
@@ -271,8 +305,14 @@ class Explainer:
         x = np.ascontiguousarray(x, dtype=np.float32)
         expected = self.graph.input_shape
         if expected is not None:
-            shown = "[" + ", ".join(str(d) if isinstance(d, int) else "batch" if i == 0 else str(d)
-                                    for i, d in enumerate(expected)) + "]"
+            shown = (
+                "["
+                + ", ".join(
+                    str(d) if isinstance(d, int) else "batch" if i == 0 else str(d)
+                    for i, d in enumerate(expected)
+                )
+                + "]"
+            )
             if x.ndim != len(expected):
                 raise InputError(
                     f"input has shape {tuple(x.shape)} but model input '{name}' is {shown}: "
@@ -280,8 +320,11 @@ class Explainer:
                 )
             for axis, (got, want) in enumerate(zip(x.shape, expected)):
                 if isinstance(want, int) and want > 0 and got != want:
-                    hint = ("explain one image at a time or export with a dynamic batch"
-                            if axis == 0 else "resize or transpose the input")
+                    hint = (
+                        "explain one image at a time or export with a dynamic batch"
+                        if axis == 0
+                        else "resize or transpose the input"
+                    )
                     raise InputError(
                         f"input has shape {tuple(x.shape)} but model input '{name}' is "
                         f"{shown} (axis {axis}: {got} != {want}): {hint}"
@@ -308,22 +351,37 @@ def _option_key(value):
     return value
 
 
-def _shared(model: ModelLike, providers: Sequence | None, output: str | None,
-            threads: int | None, backend: str, device: str) -> _Shared:
+def _shared(
+    model: ModelLike,
+    providers: Sequence | None,
+    output: str | None,
+    threads: int | None,
+    backend: str,
+    device: str,
+) -> _Shared:
     if backend not in BACKENDS:
         raise MethodError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     choice = resolve_device(device)  # "cuda" without a usable GPU fails here
     if choice.name == "cuda":
         if backend == "compiled":
-            raise MethodError("backend='compiled' runs on the CPU provider; with "
-                              "device='cuda' use backend='auto' (the CuPy engine)")
+            raise MethodError(
+                "backend='compiled' runs on the CPU provider; with "
+                "device='cuda' use backend='auto' (the CuPy engine)"
+            )
         if providers is not None:
-            raise MethodError("providers= applies to device='cpu' only; device='cuda' "
-                              "chooses the CUDA provider itself")
+            raise MethodError(
+                "providers= applies to device='cpu' only; device='cuda' "
+                "chooses the CUDA provider itself"
+            )
         backend = "numpy"  # the engine, with CuPy as its array namespace
     graph = build_graph(model, output=output)
-    return _Shared(graph=graph, recorder=choice.recorder(graph, providers), ops=choice.ops(),
-                   device=choice, backend=backend,
-                   # threads of the NumPy backward (batch slices) and of the compiled session
-                   threads=threads if threads is not None else (os.cpu_count() or 1),
-                   providers=providers)
+    return _Shared(
+        graph=graph,
+        recorder=choice.recorder(graph, providers),
+        ops=choice.ops(),
+        device=choice,
+        backend=backend,
+        # threads of the NumPy backward (batch slices) and of the compiled session
+        threads=threads if threads is not None else (os.cpu_count() or 1),
+        providers=providers,
+    )

@@ -1,5 +1,5 @@
-"""Documented import path `tsgb_onnx.export`: the exporters (from_torch, from_keras, from_jax, from_paddle), which live in
-`tsgb_onnx.io.export`. This name is that very module."""
+"""Documented import path `tsgb_onnx.export`: the exporters (from_torch, from_keras,
+from_jax, from_paddle), which live in `tsgb_onnx.io.export`. This name is that very module."""
 
 import sys
 

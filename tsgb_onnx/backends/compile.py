@@ -21,12 +21,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from tsgb_onnx.backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
-from tsgb_onnx.errors import MethodError, ModelError, TsgbError
 from tsgb_onnx.engine.executor import run_program
-from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, load_model
-from tsgb_onnx.engine.rule import RuleSource
 from tsgb_onnx.engine.program import Program, plan
 from tsgb_onnx.engine.record import ForwardRecorder
+from tsgb_onnx.engine.rule import RuleSource
+from tsgb_onnx.errors import MethodError, ModelError, TsgbError
+from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, load_model
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
@@ -37,11 +37,20 @@ class ConvertWarning(UserWarning):
     """Notices from `convert` (e.g. the model's opset was upgraded)."""
 
 
-def compile_explainer(graph: Graph, method: RuleSource, options: dict, layer: str | None
-                      ) -> onnx.ModelProto:
+def compile_explainer(
+    graph: Graph, method: RuleSource, options: dict, layer: str | None
+) -> onnx.ModelProto:
     """The explainer model `Explainer` runs: outputs `saliency`, `signal` and the logits."""
-    return compile_model(graph, method, options, layer, graph.logits_name, keep_signal=True,
-                         seed_input=False, expose_logits=True)
+    return compile_model(
+        graph,
+        method,
+        options,
+        layer,
+        graph.logits_name,
+        keep_signal=True,
+        seed_input=False,
+        expose_logits=True,
+    )
 
 
 @dataclass
@@ -49,17 +58,25 @@ class _Emitted:
     builder: GraphBuilder
     outputs: list[tuple[Sym, str]]  # (handle, output name)
     program: Program
-    logits_shape: tuple             # with Batch(k) dimensions
+    logits_shape: tuple  # with Batch(k) dimensions
 
 
-def compile_model(model: ModelLike | Graph, method: RuleSource, options: dict,
-                  layer: str | None, output: str | None, keep_signal: bool, seed_input: bool,
-                  expose_logits: bool = False) -> onnx.ModelProto:
+def compile_model(
+    model: ModelLike | Graph,
+    method: RuleSource,
+    options: dict,
+    layer: str | None,
+    output: str | None,
+    keep_signal: bool,
+    seed_input: bool,
+    expose_logits: bool = False,
+) -> onnx.ModelProto:
     """Emit `method`'s reverse program (options already resolved) into the model."""
     if method.needs_reference:
         raise MethodError(
             f"method '{method.name}' needs a second (reference) forward pass, which a compiled "
-            "explainer does not hold: explain with it through Explainer or tsgb explain instead")
+            "explainer does not hold: explain with it through Explainer or tsgb explain instead"
+        )
     if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
         graph, proto = model, model.model
     else:
@@ -80,7 +97,9 @@ def compile_model(model: ModelLike | Graph, method: RuleSource, options: dict,
             f"convert: the model was upgraded from opset {original_opset} to {graph.opset}, "
             "the lowest that expresses its backward in standard ONNX ops "
             "(MaxPool's backward needs ScatterElements with reduction='add', opset 16)",
-            ConvertWarning, stacklevel=3)
+            ConvertWarning,
+            stacklevel=3,
+        )
     return _assemble(graph, emitted, method, options, seed_input, original_opset, expose_logits)
 
 
@@ -89,7 +108,8 @@ def _refuse_explainer(proto: onnx.ModelProto) -> None:
         if prop.key == EXPLAINER_KEY:
             raise ModelError(
                 f"this model is already an explainer (made by tsgb convert, method "
-                f"'{prop.value}'): convert the original model instead")
+                f"'{prop.value}'): convert the original model instead"
+            )
 
 
 def _upgraded(proto, opset: int, output, original: int) -> Graph:
@@ -99,7 +119,8 @@ def _upgraded(proto, opset: int, output, original: int) -> Graph:
         raise ModelError(
             f"the explainer needs opset {opset} but the model is opset {original} and ONNX's "
             f"version converter failed ({str(exc).splitlines()[0] if str(exc) else exc}): "
-            f"re-export the model with opset >= {opset}") from None
+            f"re-export the model with opset >= {opset}"
+        ) from None
     return build_graph(upgraded, output=output)
 
 
@@ -118,15 +139,18 @@ def runtime_shapes(graph: Graph, tensors) -> dict[str, tuple]:
             raise ModelError(
                 f"the model input '{graph.input_name}' has a dynamic size on axis {axis} "
                 f"({d!r}); an explainer model needs fixed sizes except the batch: "
-                "export the model with a fixed input size")
+                "export the model with a fixed input size"
+            )
     dynamic = not (isinstance(shape[0], int) and shape[0] > 0)
     batches = (1, 2) if dynamic else (shape[0],)
     names = tuple(dict.fromkeys(tensors))
     # graph optimisations off: ONNX Runtime would fold Shape nodes from the inferred shapes,
     # which can differ from what its kernels return (e.g. MaxPool SAME_UPPER with dilations)
     recorder = ForwardRecorder(graph, optimize=False)
-    seen = [recorder.run(np.zeros((b,) + tuple(shape[1:]), dtype=np.float32), (), names)[2]
-            for b in batches]
+    seen = [
+        recorder.run(np.zeros((b,) + tuple(shape[1:]), dtype=np.float32), (), names)[2]
+        for b in batches
+    ]
     if not dynamic:
         return seen[0]
     out = {}
@@ -139,8 +163,10 @@ def runtime_shapes(graph: Graph, tensors) -> dict[str, tuple]:
             elif b == 2 * a:
                 dims.append(Batch(int(a)))
             else:
-                raise ModelError(f"tensor '{name}' changes shape with the batch size in a way "
-                                 f"the explainer cannot express ({one} at batch 1, {two} at 2)")
+                raise ModelError(
+                    f"tensor '{name}' changes shape with the batch size in a way "
+                    f"the explainer cannot express ({one} at batch 1, {two} at 2)"
+                )
         out[name] = tuple(dims)
     return out
 
@@ -173,17 +199,21 @@ def _taken_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _emit(graph: Graph, method: RuleSource, options: dict, layer, keep_signal, seed_input) -> _Emitted:
+def _emit(
+    graph: Graph, method: RuleSource, options: dict, layer, keep_signal, seed_input
+) -> _Emitted:
     program = plan(graph, method, options, layer)
-    shapes = runtime_shapes(graph, (graph.logits_name, program.layer) + program.record
-                            + program.record_shapes)
+    shapes = runtime_shapes(
+        graph, (graph.logits_name, program.layer) + program.record + program.record_shapes
+    )
     taken = _taken_names(graph.model)
     wanted = [SEED] if seed_input else [TARGET, SALIENCY] + ([SIGNAL] if keep_signal else [])
     clash = [n for n in wanted if n in taken]
     if clash:
         raise ModelError(
             f"the model already has a tensor named '{clash[0]}': is it an explainer made by "
-            "tsgb convert? Convert the original model")
+            "tsgb convert? Convert the original model"
+        )
     builder = GraphBuilder(graph.opset, taken | set(wanted))
     ops = OnnxOps(builder, batch_source=graph.input_name)
 
@@ -197,7 +227,8 @@ def _emit(graph: Graph, method: RuleSource, options: dict, layer, keep_signal, s
     if not seed_input and len(logits.shape) != 2:
         raise ModelError(
             f"the logits '{graph.logits_name}' have shape {logits.shape}, not [batch, classes]: "
-            "choose the classifier output with output=NAME (CLI: --output NAME)")
+            "choose the classifier output with output=NAME (CLI: --output NAME)"
+        )
     if seed_input:
         seed = Sym(SEED, logits.shape, np.float32)
         valid = None
@@ -235,8 +266,12 @@ def _target_seed(ops: OnnxOps, builder: GraphBuilder, logits: Sym):
     batch, classes = logits.shape[0], int(logits.shape[1])
     (top1,) = builder.node("ArgMax", [logits.name], axis=1, keepdims=0)
     target = Sym(TARGET, (1,), np.int64)
-    chosen = ops._emit("Where", [ops.less(target, ops.const(np.int64(0))),
-                                 Sym(top1, (batch,), np.int64), target], (batch,), np.int64)
+    chosen = ops._emit(
+        "Where",
+        [ops.less(target, ops.const(np.int64(0))), Sym(top1, (batch,), np.int64), target],
+        (batch,),
+        np.int64,
+    )
     column = ops.reshape(chosen, (batch, 1))
     classes_row = ops.const(np.arange(classes, dtype=np.int64).reshape(1, classes))
     hit = ops._emit("Equal", [column, classes_row], (batch, classes), np.bool_)
@@ -251,8 +286,15 @@ def _dim(d, batch_name):
     return int(d)
 
 
-def _assemble(graph: Graph, emitted: _Emitted, method: RuleSource, options: dict, seed_input: bool,
-              original_opset: int, expose_logits: bool = False) -> onnx.ModelProto:
+def _assemble(
+    graph: Graph,
+    emitted: _Emitted,
+    method: RuleSource,
+    options: dict,
+    seed_input: bool,
+    original_opset: int,
+    expose_logits: bool = False,
+) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
     g = model.graph
@@ -271,17 +313,27 @@ def _assemble(graph: Graph, emitted: _Emitted, method: RuleSource, options: dict
         g.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
         g.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), TARGET))
     for handle, name in emitted.outputs:
-        g.output.append(helper.make_tensor_value_info(
-            name, TensorProto.FLOAT, [_dim(d, batch_name) for d in handle.shape]))
+        g.output.append(
+            helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, [_dim(d, batch_name) for d in handle.shape]
+            )
+        )
     if expose_logits and graph.logits_name not in {o.name for o in g.output}:
-        g.output.append(helper.make_tensor_value_info(
-            graph.logits_name, graph.dtypes.get(graph.logits_name, TensorProto.FLOAT),
-            logits_shape))
+        g.output.append(
+            helper.make_tensor_value_info(
+                graph.logits_name,
+                graph.dtypes.get(graph.logits_name, TensorProto.FLOAT),
+                logits_shape,
+            )
+        )
     if graph.opset != original_opset:
         _set_opset(model, graph.opset)
     if not seed_input:
-        meta = {EXPLAINER_KEY: method.name, "tsgb_onnx.layer": emitted.program.layer,
-                "tsgb_onnx.options": json.dumps(options, sort_keys=True)}
+        meta = {
+            EXPLAINER_KEY: method.name,
+            "tsgb_onnx.layer": emitted.program.layer,
+            "tsgb_onnx.options": json.dumps(options, sort_keys=True),
+        }
         if graph.opset != original_opset:
             meta["tsgb_onnx.opset_upgraded_from"] = str(original_opset)
         for key, value in meta.items():
@@ -289,8 +341,9 @@ def _assemble(graph: Graph, emitted: _Emitted, method: RuleSource, options: dict
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise TsgbError(f"the emitted explainer fails the ONNX checker: "
-                        f"{str(exc).strip().splitlines()[0]}") from exc
+        raise TsgbError(
+            f"the emitted explainer fails the ONNX checker: {str(exc).strip().splitlines()[0]}"
+        ) from exc
     return model
 
 

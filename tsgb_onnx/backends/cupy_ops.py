@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from tsgb_onnx.ir.geometry import Window
 from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, pad_adjoint
+from tsgb_onnx.engine.ops import register_fused
+from tsgb_onnx.ir.geometry import Window
 
 KERNEL_FILE = "tsgb_steps.cu"
 COLUMN_BUDGET_BYTES = 1 << 30  # im2col columns per batch chunk of the exact Conv gradient
@@ -37,17 +39,17 @@ class XpOps(NumpyOps):
         self.column_budget_bytes = int(column_budget_bytes)
 
     # -- conversion -------------------------------------------------------------------
-    def asarray(self, value: Any, dtype=np.float32):
+    def asarray(self, value: Any, dtype: Any = np.float32) -> Any:
         return self.xp.asarray(value, dtype=dtype)
 
-    def to_numpy(self, a) -> np.ndarray:
+    def to_numpy(self, a: Any) -> np.ndarray:
         asnumpy = getattr(self.xp, "asnumpy", None)
         return asnumpy(a) if asnumpy is not None else np.asarray(a)
 
-    def zeros(self, shape: Sequence[int], dtype=np.float32):
+    def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Any:
         return self.xp.zeros(tuple(int(s) for s in shape), dtype=dtype)
 
-    def one_hot(self, target, classes: int, dtype=np.float32):
+    def one_hot(self, target: Any, classes: int, dtype: Any = np.float32) -> Any:
         xp = self.xp
         rows = len(target)
         out = xp.zeros((rows, classes), dtype=dtype)
@@ -55,34 +57,34 @@ class XpOps(NumpyOps):
         return out
 
     # -- element-wise -------------------------------------------------------------------
-    def abs(self, a):
+    def abs(self, a: Any) -> Any:
         return self.xp.abs(a)
 
-    def sign(self, a):
+    def sign(self, a: Any) -> Any:
         return self.xp.sign(a)
 
-    def exp(self, a):
+    def exp(self, a: Any) -> Any:
         return self.xp.exp(a)
 
-    def square(self, a):
+    def square(self, a: Any) -> Any:
         return self.xp.square(a)
 
-    def power(self, a, p):
+    def power(self, a: Any, p: float) -> Any:
         return self.xp.power(a, p)
 
-    def maximum(self, a, b):
+    def maximum(self, a: Any, b: Any | float) -> Any:
         return self.xp.maximum(a, b)
 
-    def minimum(self, a, b):
+    def minimum(self, a: Any, b: Any | float) -> Any:
         return self.xp.minimum(a, b)
 
-    def where(self, cond, a, b):
+    def where(self, cond: Any, a: Any | float, b: Any | float) -> Any:
         return self.xp.where(cond, a, b).astype(np.float32, copy=False)
 
-    def logical_and(self, a, b):
+    def logical_and(self, a: Any, b: Any) -> Any:
         return self.xp.logical_and(a, b)
 
-    def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
+    def div_stab(self, a: Any, d: Any, eps: float = EPS, nonnegative: bool = False) -> Any:
         xp = self.xp
         step = xp.asarray(eps, dtype=d.dtype)
         stabilised = xp.where(d >= 0, step, -step)  # sgn(0) = sgn(-0) = +1
@@ -90,37 +92,36 @@ class XpOps(NumpyOps):
         return xp.divide(a, stabilised, out=stabilised)
 
     # -- reductions and layout -------------------------------------------------------------
-    def sum(self, a, axis=None, keepdims: bool = False):
+    def sum(self, a: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Any:
         return self.xp.sum(a, axis=axis, keepdims=keepdims)
 
-    def any_negative(self, a, axes):
+    def any_negative(self, a: Any, axes: Sequence[int]) -> Any:
         return self.xp.any(a < 0, axis=tuple(axes), keepdims=True)
 
-    def transpose(self, a, perm: Sequence[int]):
+    def transpose(self, a: Any, perm: Sequence[int]) -> Any:
         return self.xp.ascontiguousarray(a.transpose(tuple(perm)))
 
-    def swap_last(self, a):
+    def swap_last(self, a: Any) -> Any:
         return self.xp.swapaxes(a, -1, -2)
 
-    def broadcast_to(self, a, shape: Sequence[int]):
-        return self.xp.broadcast_to(a, tuple(int(s) for s in shape))
-
-    def expand_to(self, a, shape: Sequence[int]):
+    def expand_to(self, a: Any, shape: Sequence[int]) -> Any:
         xp = self.xp
         return xp.ascontiguousarray(xp.broadcast_to(a, tuple(int(s) for s in shape)))
 
-    def matmul(self, a, b):
+    def matmul(self, a: Any, b: Any) -> Any:
         return self.xp.matmul(a, b)
 
-    def concat(self, arrays, axis: int):
+    def concat(self, arrays: Sequence[Any], axis: int) -> Any:
         return self.xp.concatenate(list(arrays), axis=axis)
 
-    def split(self, a, sizes: Sequence[int], axis: int):
+    def split(self, a: Any, sizes: Sequence[int], axis: int) -> list[Any]:
         bounds = [int(b) for b in np.cumsum(sizes)[:-1]]
         return self.xp.split(a, bounds, axis=axis)
 
     # -- composite steps -------------------------------------------------------------------
-    def conv_input_grad(self, gy, w, x_shape: Sequence[int], win: Window, group: int):
+    def conv_input_grad(
+        self, gy: Any, w: Any, x_shape: Sequence[int], win: Window, group: int
+    ) -> Any:
         """Exact Conv input gradient as im2col's adjoint (col2im of W^T @ gy), batch-chunked."""
         xp = self.xp
         B, M = int(x_shape[0]), int(x_shape[1])
@@ -149,7 +150,7 @@ class XpOps(NumpyOps):
                 gx[target] += cols[:, :, k]
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def conv(self, x, w, win: Window, group: int, out: Sequence[int]):
+    def conv(self, x: Any, w: Any, win: Window, group: int, out: Sequence[int]) -> Any:
         """Forward Conv (no bias, zero padding) as im2col + one batched matrix product."""
         xp = self.xp
         B, M = int(x.shape[0]), int(x.shape[1])
@@ -170,14 +171,15 @@ class XpOps(NumpyOps):
             hi = min(B, lo + chunk)
             cols = xp.empty((hi - lo, M, K) + out, dtype=np.float32)
             for k, offset in enumerate(offsets):
-                cols[:, :, k] = x_padded[(slice(lo, hi), slice(None))
-                                         + win.window_slices(offset, out)]
+                cols[:, :, k] = x_padded[
+                    (slice(lo, hi), slice(None)) + win.window_slices(offset, out)
+                ]
             cols = cols.reshape(hi - lo, group, Mg * K, P)
             y = (cols * w_rows).sum(axis=2) if depthwise else xp.matmul(w_rows, cols)
             parts.append(y.reshape((hi - lo, N) + out))
         return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
 
-    def box_sum(self, a, win: Window, out: Sequence[int]):
+    def box_sum(self, a: Any, win: Window, out: Sequence[int]) -> Any:
         if win.is_identity:
             return a
         xp = self.xp
@@ -191,7 +193,7 @@ class XpOps(NumpyOps):
             total = v.copy() if total is None else xp.add(total, v, out=total)
         return total
 
-    def box_sum_transposed(self, r, win: Window, spatial: Sequence[int]):
+    def box_sum_transposed(self, r: Any, win: Window, spatial: Sequence[int]) -> Any:
         if win.is_identity:
             return r
         out = r.shape[2:]
@@ -201,7 +203,7 @@ class XpOps(NumpyOps):
             gx[(slice(None), slice(None)) + win.window_slices(offset, out)] += r
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def maxpool_input_grad(self, x, gy, win: Window):
+    def maxpool_input_grad(self, x: Any, gy: Any, win: Window) -> Any:
         xp = self.xp
         spatial = x.shape[2:]
         out = gy.shape[2:]
@@ -220,15 +222,17 @@ class XpOps(NumpyOps):
         gx = xp.zeros_like(x_padded)
         for k, offset in enumerate(win.offsets()):
             gx[(slice(None), slice(None)) + win.window_slices(offset, out)] += xp.where(
-                arg == k, gy, 0)
+                arg == k, gy, 0
+            )
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def avgpool_divisor(self, spatial: Sequence[int], out: Sequence[int], win: Window,
-                        count_include_pad: bool):
+    def avgpool_divisor(
+        self, spatial: Sequence[int], out: Sequence[int], win: Window, count_include_pad: bool
+    ) -> Any:
         # window counts depend on shapes only: NumPy computes them, the device gets a copy
         return self.xp.asarray(NumpyOps().avgpool_divisor(spatial, out, win, count_include_pad))
 
-    def pad_input_grad(self, g, x_shape: Sequence[int], pads: Sequence[int], mode: str):
+    def pad_input_grad(self, g: Any, x_shape: Sequence[int], pads: Sequence[int], mode: str) -> Any:
         xp = self.xp
         nd = len(x_shape)
         for axis in range(nd):
@@ -239,18 +243,18 @@ class XpOps(NumpyOps):
             g = xp.moveaxis(xp.tensordot(g, adjoint, axes=([axis], [0])), -1, axis)
         return xp.ascontiguousarray(g)
 
-    def scatter_slices(self, g, x_shape: Sequence[int], index: tuple):
+    def scatter_slices(self, g: Any, x_shape: Sequence[int], index: tuple) -> Any:
         gx = self.xp.zeros(tuple(int(s) for s in x_shape), dtype=np.float32)
         gx[index] = g
         return gx
 
-    def channel_window_sum(self, a, size: int):
+    def channel_window_sum(self, a: Any, size: int) -> Any:
         return self._xp_channel_window(a, (size - 1) // 2, size // 2)
 
-    def channel_window_sum_transposed(self, a, size: int):
+    def channel_window_sum_transposed(self, a: Any, size: int) -> Any:
         return self._xp_channel_window(a, size // 2, (size - 1) // 2)
 
-    def _xp_channel_window(self, a, before: int, after: int):
+    def _xp_channel_window(self, a: Any, before: int, after: int) -> Any:
         xp = self.xp
         pad = [(0, 0)] * a.ndim
         pad[1] = (before, after)
@@ -258,7 +262,7 @@ class XpOps(NumpyOps):
         channels = a.shape[1]
         total = xp.zeros_like(a)
         for k in range(before + after + 1):
-            total += padded[:, k:k + channels]
+            total += padded[:, k : k + channels]
         return total
 
 
@@ -273,10 +277,23 @@ def conv_geometry(x_shape: Sequence[int], y_shape: Sequence[int], win: Window) -
     if lead < 0:
         raise ValueError(f"fused TSGB-Conv supports up to 3 spatial axes, got {win.nd}")
     one, zero = (1,) * lead, (0,) * lead
-    return tuple(int(v) for v in (
-        one + tuple(x_shape[2:]) + one + tuple(y_shape[2:]) + one + tuple(win.kernel)
-        + one + tuple(win.strides) + one + tuple(win.dilations) + zero + tuple(win.pads[:win.nd])
-    ))
+    return tuple(
+        int(v)
+        for v in (
+            one
+            + tuple(x_shape[2:])
+            + one
+            + tuple(y_shape[2:])
+            + one
+            + tuple(win.kernel)
+            + one
+            + tuple(win.strides)
+            + one
+            + tuple(win.dilations)
+            + zero
+            + tuple(win.pads[: win.nd])
+        )
+    )
 
 
 def _i(v) -> np.int64:
@@ -300,16 +317,32 @@ class FusedSteps:
         in_size, out_size = math.prod(x.shape[2:]), math.prod(y.shape[2:])
         relevance = xp.empty((b, groups) + tuple(y.shape[2:]), dtype=np.float32)
         mass = xp.empty((b, groups) + tuple(x.shape[2:]), dtype=np.float32)
-        self.launch("tsgb_group_sums", b * groups * (out_size + in_size), (
-            y, g, x, relevance, mass, _i(b), _i(groups), _i(n // groups), _i(m // groups),
-            _i(out_size), _i(in_size)))
+        self.launch(
+            "tsgb_group_sums",
+            b * groups * (out_size + in_size),
+            (
+                y,
+                g,
+                x,
+                relevance,
+                mass,
+                _i(b),
+                _i(groups),
+                _i(n // groups),
+                _i(m // groups),
+                _i(out_size),
+                _i(in_size),
+            ),
+        )
         geometry = tuple(_i(v) for v in conv_geometry(x.shape, y.shape, win))
         planes = b * groups
-        self.launch("tsgb_box_ratio", planes * out_size,
-                    (relevance, mass, _i(planes)) + geometry)
+        self.launch("tsgb_box_ratio", planes * out_size, (relevance, mass, _i(planes)) + geometry)
         gx = xp.empty_like(x)
-        self.launch("tsgb_spread_sign", planes * in_size,
-                    (relevance, x, gx, _i(planes), _i(m // groups)) + geometry)
+        self.launch(
+            "tsgb_spread_sign",
+            planes * in_size,
+            (relevance, x, gx, _i(planes), _i(m // groups)) + geometry,
+        )
         return gx
 
     def tsgb_eq6_step(self, g, y, x):
@@ -328,11 +361,13 @@ class FusedSteps:
         w_pos, w_neg, w_abs_neg, stacked = self._fc_weight_parts(w)
         if x.ndim != 2 or g.ndim != 2:  # batched MatMul: the composition of eq. 1-2
             positive = xp.matmul(x, w_pos)
-            negative = (xp.abs(xp.matmul(x, w_neg)) if reference_compat
-                        else xp.matmul(xp.abs(x), w_abs_neg))
+            negative = (
+                xp.abs(xp.matmul(x, w_neg)) if reference_compat else xp.matmul(xp.abs(x), w_abs_neg)
+            )
             scale = (positive / (negative + np.float32(EPS))) * np.float32(alpha)
-            return (xp.matmul(g, xp.swapaxes(w_pos, -1, -2))
-                    + xp.matmul(scale * g, xp.swapaxes(w_neg, -1, -2)))
+            return xp.matmul(g, xp.swapaxes(w_pos, -1, -2)) + xp.matmul(
+                scale * g, xp.swapaxes(w_neg, -1, -2)
+            )
         positive = xp.ascontiguousarray(xp.matmul(x, w_pos), dtype=np.float32)
         if reference_compat:
             negative = xp.abs(xp.matmul(x, w_neg))
@@ -342,8 +377,11 @@ class FusedSteps:
         g = xp.ascontiguousarray(g, dtype=np.float32)
         batch, classes = int(g.shape[0]), int(g.shape[1])
         combined = xp.empty((batch, 2 * classes), dtype=np.float32)
-        self.launch("tsgb_fc_combine", batch * classes,
-                    (positive, negative, g, combined, _i(batch), _i(classes), np.float32(alpha)))
+        self.launch(
+            "tsgb_fc_combine",
+            batch * classes,
+            (positive, negative, g, combined, _i(batch), _i(classes), np.float32(alpha)),
+        )
         return xp.matmul(combined, stacked)  # g W+^T + (scale g) W-^T in one product
 
     def _fc_weight_parts(self, w):
@@ -393,8 +431,13 @@ def cupy_module(device_id: int | None = None):
                 source = f.read()
             with cupy.cuda.Device(device_id):
                 module = cupy.RawModule(code=source, options=("--std=c++14",))
-                for name in ("tsgb_group_sums", "tsgb_box_ratio", "tsgb_spread_sign",
-                             "tsgb_eq6", "tsgb_fc_combine"):
+                for name in (
+                    "tsgb_group_sums",
+                    "tsgb_box_ratio",
+                    "tsgb_spread_sign",
+                    "tsgb_eq6",
+                    "tsgb_fc_combine",
+                ):
                     module.get_function(name)  # compile now: a broken toolchain fails early
             _MODULES[key] = module
     return module
@@ -425,22 +468,40 @@ class CupyOps(XpOps):
 
     name = "cupy"
 
-    def __init__(self, device_id: int | None = None,
-                 column_budget_bytes: int = COLUMN_BUDGET_BYTES):
+    def __init__(
+        self, device_id: int | None = None, column_budget_bytes: int = COLUMN_BUDGET_BYTES
+    ):
         import cupy
 
         super().__init__(cupy, column_budget_bytes)
         self.device_id = cupy.cuda.runtime.getDevice() if device_id is None else int(device_id)
         self.fused = FusedSteps(cupy, CupyLauncher(self.device_id))
 
-    def to_numpy(self, a) -> np.ndarray:
+    def to_numpy(self, a: Any) -> np.ndarray:
         return self.xp.asnumpy(a)
 
-    def tsgb_conv_step(self, x, y, g, win: Window, groups: int):
-        return self.fused.tsgb_conv_step(x, y, g, win, groups)
 
-    def tsgb_eq6_step(self, g, y, x):
-        return self.fused.tsgb_eq6_step(g, y, x)
+# -- the fused kernels replace the TSGB composite steps of `rules.tsgb` on this backend ------
+@register_fused("cupy", "tsgb_conv")
+def _tsgb_conv_kernel(
+    ops: CupyOps,
+    x,
+    y,
+    g,
+    win: Window,
+    groups: int,
+    nonnegative_x: bool = False,
+    sign_from_producer: bool = False,
+):
+    # the kernel computes |X| and sgn(X) itself: the hints are exact to ignore
+    return ops.fused.tsgb_conv_step(x, y, g, win, groups)
 
-    def tsgb_fc_step(self, x, w, g, alpha: float = 1.0, reference_compat: bool = False):
-        return self.fused.tsgb_fc_step(x, w, g, alpha, reference_compat)
+
+@register_fused("cupy", "tsgb_eq6")
+def _tsgb_eq6_kernel(ops: CupyOps, g, y, x):
+    return ops.fused.tsgb_eq6_step(g, y, x)
+
+
+@register_fused("cupy", "tsgb_fc")
+def _tsgb_fc_kernel(ops: CupyOps, x, w, g, alpha: float = 1.0, reference_compat: bool = False):
+    return ops.fused.tsgb_fc_step(x, w, g, alpha, reference_compat)

@@ -10,12 +10,17 @@ warns once per reason.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from tsgb_onnx.backends.numpy_ops import NumpyOps
-from tsgb_onnx.engine.cuda import (CudaForwardRecorder, check_onnxruntime_cuda, cuda_providers,
-                                   first_line, unavailable)
+from tsgb_onnx.engine.cuda import (
+    CudaForwardRecorder,
+    check_onnxruntime_cuda,
+    cuda_providers,
+    first_line,
+    unavailable,
+)
 from tsgb_onnx.engine.ops import ArrayOps
 from tsgb_onnx.engine.record import ForwardRecorder
 from tsgb_onnx.errors import MethodError, RuntimeUnavailableError
@@ -36,19 +41,23 @@ def check_cupy(device_id: int = 0) -> None:
     try:
         import cupy
     except ImportError:
-        raise unavailable("CuPy is not installed",
-                           "pip install 'tsgb-onnx[gpu]' (cupy-cuda12x) or use device='cpu'"
-                           ) from None
+        raise unavailable(
+            "CuPy is not installed",
+            "pip install 'tsgb-onnx[gpu]' (cupy-cuda12x) or use device='cpu'",
+        ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError: no driver, old driver
-        raise unavailable(f"no usable CUDA GPU ({first_line(exc)})",
-                           "check the NVIDIA driver or use device='cpu'") from None
+        raise unavailable(
+            f"no usable CUDA GPU ({first_line(exc)})", "check the NVIDIA driver or use device='cpu'"
+        ) from None
     if count == 0:
         raise unavailable("no CUDA GPU found", "use device='cpu'")
     if not 0 <= int(device_id) < count:
-        raise unavailable(f"GPU {device_id} does not exist ({count} found)",
-                           f"choose a device id in 0..{count - 1}")
+        raise unavailable(
+            f"GPU {device_id} does not exist ({count} found)",
+            f"choose a device id in 0..{count - 1}",
+        )
     try:
         from tsgb_onnx.backends.cupy_ops import cupy_module
 
@@ -57,16 +66,17 @@ def check_cupy(device_id: int = 0) -> None:
             probe = cupy.ones((2, 2), dtype=cupy.float32)
             float((probe @ probe).sum())  # cuBLAS
     except Exception as exc:  # noqa: BLE001 - missing NVRTC / cuBLAS libraries
-        raise unavailable(f"CuPy cannot use the CUDA libraries ({first_line(exc)})",
-                           "install the CUDA toolkit libraries CuPy needs (NVRTC, cuBLAS) "
-                           "or use device='cpu'") from None
+        raise unavailable(
+            f"CuPy cannot use the CUDA libraries ({first_line(exc)})",
+            "install the CUDA toolkit libraries CuPy needs (NVRTC, cuBLAS) or use device='cpu'",
+        ) from None
 
 
 @dataclass
 class DeviceChoice:
     """Where an explainer runs: ONNX Runtime providers + the backward's array namespace."""
 
-    name: str                       # "cpu" or "cuda"
+    name: str  # "cpu" or "cuda"
     providers: list = field(default_factory=list)
     device_id: int = 0
     fallback_reason: str | None = None  # why "auto" chose the CPU
@@ -101,9 +111,10 @@ def resolve_device(device: str = "auto", device_id: int = 0) -> DeviceChoice:
         reason = str(exc).split(": ", 1)[-1].split("; ")[0]
         if reason not in _warned:
             _warned.add(reason)
-            warnings.warn(f"device='auto': running on the CPU because {reason}",
-                          GpuFallbackWarning, stacklevel=2)
+            warnings.warn(
+                f"device='auto': running on the CPU because {reason}",
+                GpuFallbackWarning,
+                stacklevel=2,
+            )
         return DeviceChoice("cpu", ["CPUExecutionProvider"], device_id, fallback_reason=reason)
     return DeviceChoice("cuda", cuda_providers(device_id), device_id)
-
-

@@ -7,13 +7,15 @@ backward, box sums) are methods too, so a backend can replace them with fused ke
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from tsgb_onnx.engine.ops import EPS  # defined once there; cupy_ops/onnx_ops import it here
 from tsgb_onnx.ir.geometry import Window
 
-EPS = 1e-10
+Arr = np.ndarray  # this backend's array handle
 
 
 class NumpyOps:
@@ -23,84 +25,84 @@ class NumpyOps:
     xp = np
 
     # -- conversion -------------------------------------------------------------------
-    def asarray(self, value: Any, dtype=np.float32) -> np.ndarray:
+    def asarray(self, value: Any, dtype: Any = np.float32) -> Arr:
         return np.asarray(value, dtype=dtype)
 
-    def to_numpy(self, a) -> np.ndarray:
+    def to_numpy(self, a: Arr) -> Arr:
         return np.asarray(a)
 
-    def shape(self, a) -> tuple[int, ...]:
+    def shape(self, a: Arr) -> tuple[int, ...]:
         return tuple(a.shape)
 
-    def ndim(self, a) -> int:
+    def ndim(self, a: Arr) -> int:
         return a.ndim
 
-    def zeros(self, shape: Sequence[int], dtype=np.float32) -> np.ndarray:
+    def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Arr:
         return np.zeros(tuple(int(s) for s in shape), dtype=dtype)
 
-    def one_hot(self, target: np.ndarray, classes: int, dtype=np.float32) -> np.ndarray:
+    def one_hot(self, target: Any, classes: int, dtype: Any = np.float32) -> Arr:
         out = np.zeros((len(target), classes), dtype=dtype)
         out[np.arange(len(target)), target] = 1
         return out
 
     # -- element-wise -------------------------------------------------------------------
-    def add(self, a, b):
+    def add(self, a: Arr, b: Arr | float) -> Arr:
         return a + b
 
-    def sub(self, a, b):
+    def sub(self, a: Arr, b: Arr | float) -> Arr:
         return a - b
 
-    def mul(self, a, b):
+    def mul(self, a: Arr, b: Arr | float) -> Arr:
         return a * b
 
-    def div(self, a, b):
+    def div(self, a: Arr, b: Arr | float) -> Arr:
         return a / b
 
-    def neg(self, a):
+    def neg(self, a: Arr) -> Arr:
         return -a
 
-    def abs(self, a):
+    def abs(self, a: Arr) -> Arr:
         return np.abs(a)
 
-    def sign(self, a):
+    def sign(self, a: Arr) -> Arr:
         return np.sign(a)
 
-    def exp(self, a):
+    def exp(self, a: Arr) -> Arr:
         return np.exp(a)
 
-    def square(self, a):
+    def square(self, a: Arr) -> Arr:
         return np.square(a)
 
-    def power(self, a, p):
+    def power(self, a: Arr, p: float) -> Arr:
         return np.power(a, p)
 
-    def maximum(self, a, b):
+    def maximum(self, a: Arr, b: Arr | float) -> Arr:
         return np.maximum(a, b)
 
-    def minimum(self, a, b):
+    def minimum(self, a: Arr, b: Arr | float) -> Arr:
         return np.minimum(a, b)
 
-    def where(self, cond, a, b):
+    def where(self, cond: Arr, a: Arr | float, b: Arr | float) -> Arr:
         return np.where(cond, a, b).astype(np.float32, copy=False)
 
-    def greater(self, a, b):
+    def greater(self, a: Arr, b: Arr | float) -> Arr:
         return a > b
 
-    def less(self, a, b):
+    def less(self, a: Arr, b: Arr | float) -> Arr:
         return a < b
 
-    def logical_and(self, a, b):
+    def logical_and(self, a: Arr, b: Arr) -> Arr:
         return np.logical_and(a, b)
 
-    def mask(self, g, cond):
+    def mask(self, g: Arr, cond: Arr) -> Arr:
         """`g` where `cond` holds, 0 elsewhere."""
         return g * cond
 
-    def mask_below(self, g, y, bound: float):
+    def mask_below(self, g: Arr, y: Arr, bound: float) -> Arr:
         """`g` where y < bound, 0 elsewhere, for y <= bound (a Clip's output and its max)."""
         return self.mask(g, self.less(y, bound))
 
-    def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
+    def div_stab(self, a: Arr, d: Arr, eps: float = EPS, nonnegative: bool = False) -> Arr:
         """a / (d + eps*sgn(d)) with sgn(0) = 1: never NaN or Inf for finite inputs.
         (`nonnegative` promises d >= 0; a backend may skip the sign test.)"""
         step = np.asarray(eps, dtype=d.dtype)
@@ -109,29 +111,26 @@ class NumpyOps:
         return np.divide(a, stabilised, out=stabilised)
 
     # -- reductions and layout -------------------------------------------------------------
-    def sum(self, a, axis=None, keepdims: bool = False):
+    def sum(self, a: Arr, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Arr:
         return np.sum(a, axis=axis, keepdims=keepdims)
 
-    def any_negative(self, a, axes):
+    def any_negative(self, a: Arr, axes: Sequence[int]) -> Arr:
         return np.any(a < 0, axis=tuple(axes), keepdims=True)
 
-    def reshape(self, a, shape: Sequence[int]):
+    def reshape(self, a: Arr, shape: Sequence[int]) -> Arr:
         return a.reshape(tuple(int(s) for s in shape))
 
-    def transpose(self, a, perm: Sequence[int]):
+    def transpose(self, a: Arr, perm: Sequence[int]) -> Arr:
         return np.ascontiguousarray(a.transpose(tuple(perm)))
 
-    def swap_last(self, a):
+    def swap_last(self, a: Arr) -> Arr:
         return np.swapaxes(a, -1, -2)
 
-    def broadcast_to(self, a, shape: Sequence[int]):
-        return np.broadcast_to(a, tuple(int(s) for s in shape))
-
-    def expand_to(self, a, shape: Sequence[int]):
+    def expand_to(self, a: Arr, shape: Sequence[int]) -> Arr:
         """Broadcast `a` to `shape` as a new writable array."""
         return np.ascontiguousarray(np.broadcast_to(a, tuple(int(s) for s in shape)))
 
-    def sum_to_shape(self, g, shape: Sequence[int]):
+    def sum_to_shape(self, g: Arr, shape: Sequence[int]) -> Arr:
         """Reduce a broadcast signal back to an operand's shape."""
         shape = tuple(int(s) for s in shape)
         if g.shape == shape:
@@ -144,18 +143,20 @@ class NumpyOps:
             g = g.sum(axis=axes, keepdims=True)
         return g.reshape(shape)
 
-    def matmul(self, a, b):
+    def matmul(self, a: Arr, b: Arr) -> Arr:
         return np.matmul(a, b)
 
-    def concat(self, arrays, axis: int):
+    def concat(self, arrays: Sequence[Arr], axis: int) -> Arr:
         return np.concatenate(arrays, axis=axis)
 
-    def split(self, a, sizes: Sequence[int], axis: int):
+    def split(self, a: Arr, sizes: Sequence[int], axis: int) -> list[Arr]:
         bounds = np.cumsum(sizes)[:-1]
         return np.split(a, bounds, axis=axis)
 
     # -- composite steps (a GPU backend may fuse these) --------------------------------------
-    def conv_input_grad(self, gy, w, x_shape: Sequence[int], win: Window, group: int):
+    def conv_input_grad(
+        self, gy: Arr, w: Arr, x_shape: Sequence[int], win: Window, group: int
+    ) -> Arr:
         """Exact Conv input gradient: transposed convolution of `gy` with `w`."""
         B, M = int(x_shape[0]), int(x_shape[1])
         spatial = tuple(int(s) for s in x_shape[2:])
@@ -177,7 +178,7 @@ class NumpyOps:
             gx[sl] += contrib.reshape((B, M) + tuple(out))
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def box_sum(self, a, win: Window, out: Sequence[int]):
+    def box_sum(self, a: Arr, win: Window, out: Sequence[int]) -> Arr:
         """Sum of `a` (zero-padded) over every window: a conv with a kernel of ones."""
         if win.is_identity:
             return a
@@ -191,11 +192,11 @@ class NumpyOps:
             total = v.copy() if total is None else np.add(total, v, out=total)
         return total
 
-    def div_box_sum(self, a, mass, win: Window, out: Sequence[int]):
+    def div_box_sum(self, a: Arr, mass: Arr, win: Window, out: Sequence[int]) -> Arr:
         """a ⊘ box_sum(mass) for mass >= 0 (`div_stab` with a non-negative denominator)."""
         return self.div_stab(a, self.box_sum(mass, win, out), nonnegative=True)
 
-    def box_sum_transposed(self, r, win: Window, spatial: Sequence[int]):
+    def box_sum_transposed(self, r: Arr, win: Window, spatial: Sequence[int]) -> Arr:
         """Adjoint of `box_sum`: scatter each window's value back over its inputs."""
         if win.is_identity:
             return r
@@ -206,7 +207,7 @@ class NumpyOps:
             gx[(slice(None), slice(None)) + win.window_slices(offset, out)] += r
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def maxpool_input_grad(self, x, gy, win: Window):
+    def maxpool_input_grad(self, x: Arr, gy: Arr, win: Window) -> Arr:
         """Route each output's signal to its window's arg-max (ties: first index)."""
         spatial = x.shape[2:]
         out = gy.shape[2:]
@@ -229,8 +230,9 @@ class NumpyOps:
             )
         return gx[(slice(None), slice(None)) + win.crop(spatial)]
 
-    def avgpool_divisor(self, spatial: Sequence[int], out: Sequence[int], win: Window,
-                        count_include_pad: bool):
+    def avgpool_divisor(
+        self, spatial: Sequence[int], out: Sequence[int], win: Window, count_include_pad: bool
+    ) -> Arr:
         """Number of counted elements in each window, shape [1, 1, *out]."""
         ones = np.ones((1, 1) + tuple(spatial), dtype=np.float32)
         if count_include_pad:
@@ -242,7 +244,7 @@ class NumpyOps:
             return self.box_sum(ones, shifted, out)
         return self.box_sum(ones, win, out)
 
-    def pad_input_grad(self, g, x_shape: Sequence[int], pads: Sequence[int], mode: str):
+    def pad_input_grad(self, g: Arr, x_shape: Sequence[int], pads: Sequence[int], mode: str) -> Arr:
         """Adjoint of ONNX Pad (constant, edge, reflect, wrap; negative pads crop)."""
         nd = len(x_shape)
         for axis in range(nd):
@@ -253,32 +255,32 @@ class NumpyOps:
             g = np.moveaxis(np.tensordot(g, adjoint, axes=([axis], [0])), -1, axis)
         return np.ascontiguousarray(g)
 
-    def scatter_slices(self, g, x_shape: Sequence[int], index: tuple):
+    def scatter_slices(self, g: Arr, x_shape: Sequence[int], index: tuple) -> Arr:
         """Zeros of `x_shape` with `g` written at `index` (adjoint of a slice)."""
         gx = np.zeros(tuple(int(s) for s in x_shape), dtype=np.float32)
         gx[index] = g
         return gx
 
-    def channel_window_sum(self, a, size: int):
+    def channel_window_sum(self, a: Arr, size: int) -> Arr:
         """LRN's window sum over channels: out[c] = sum a[c - (size-1)//2 .. c + size//2]."""
         return self._channel_window(a, (size - 1) // 2, size // 2)
 
-    def channel_window_sum_transposed(self, a, size: int):
+    def channel_window_sum_transposed(self, a: Arr, size: int) -> Arr:
         """Adjoint of `channel_window_sum`: the window mirrored."""
         return self._channel_window(a, size // 2, (size - 1) // 2)
 
     @staticmethod
-    def _channel_window(a, before: int, after: int):
+    def _channel_window(a: Arr, before: int, after: int) -> Arr:
         pad = [(0, 0)] * a.ndim
         pad[1] = (before, after)
         padded = np.pad(a, pad)
         channels = a.shape[1]
         total = np.zeros_like(a)
         for k in range(before + after + 1):
-            total += padded[:, k:k + channels]
+            total += padded[:, k : k + channels]
         return total
 
-    def conv(self, x, w, win: Window, group: int, out: Sequence[int]):
+    def conv(self, x: Arr, w: Arr, win: Window, group: int, out: Sequence[int]) -> Arr:
         """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""
         B, M = x.shape[0], x.shape[1]
         spatial = x.shape[2:]

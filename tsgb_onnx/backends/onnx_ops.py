@@ -10,16 +10,18 @@ NumPy at build time (constant folding), so e.g. TSGB-FC's W+ and W- become initi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tsgb_onnx.backends.numpy_ops import NumpyOps, pad_adjoint
+from tsgb_onnx.engine.ops import EPS
 from tsgb_onnx.errors import ModelError
 from tsgb_onnx.ir.geometry import Window
-from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, pad_adjoint
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,12 @@ class Batch:
 
 Dim = "int | Batch"
 FOLD_LIMIT = 1 << 16  # elements
-_ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.bool_): TensorProto.BOOL,
-              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.float64): TensorProto.DOUBLE}
+_ONNX_TYPE = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.bool_): TensorProto.BOOL,
+    np.dtype(np.int64): TensorProto.INT64,
+    np.dtype(np.float64): TensorProto.DOUBLE,
+}
 
 
 class Sym:
@@ -90,10 +96,14 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1,
-             **attrs) -> list[str]:
-        names = ([self.fresh(op.lower()) for _ in range(outputs)] if isinstance(outputs, int)
-                 else list(outputs))
+    def node(
+        self, op: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **attrs
+    ) -> list[str]:
+        names = (
+            [self.fresh(op.lower()) for _ in range(outputs)]
+            if isinstance(outputs, int)
+            else list(outputs)
+        )
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op, list(inputs), names, name=self.fresh(op), **attrs))
         return names
@@ -188,8 +198,9 @@ class OnnxOps:
     def _foldable(*args) -> bool:
         """Constant operands small enough to fold now; larger ones (weights) stay nodes on
         the model's initializers, which the runtime folds at load (no copies in the file)."""
-        return all(not isinstance(a, Sym) or (a.is_const and a.value.size <= FOLD_LIMIT)
-                   for a in args)
+        return all(
+            not isinstance(a, Sym) or (a.is_const and a.value.size <= FOLD_LIMIT) for a in args
+        )
 
     def _fold(self, fn, *args) -> Sym:
         """Compute `fn` with NumPy on constant operands."""
@@ -207,7 +218,8 @@ class OnnxOps:
             else:
                 (shape,) = self.b.node("Shape", [self._batch_source])
                 (self._batch,) = self.b.node(
-                    "Slice", [shape, self._in(self._ints([0])), self._in(self._ints([1]))])
+                    "Slice", [shape, self._in(self._ints([0])), self._in(self._ints([1]))]
+                )
         return self._batch
 
     def shape_tensor(self, shape: Sequence) -> Sym:
@@ -232,7 +244,7 @@ class OnnxOps:
         return self._ints(-1 if isinstance(d, Batch) else int(d) for d in shape)
 
     # -- conversion ----------------------------------------------------------------------------
-    def asarray(self, value: Any, dtype=np.float32) -> Sym:
+    def asarray(self, value: Any, dtype: Any = np.float32) -> Sym:
         if isinstance(value, Sym):
             if value.dtype == np.dtype(dtype):
                 return value
@@ -241,7 +253,7 @@ class OnnxOps:
             return self._emit("Cast", [value], value.shape, dtype, to=_ONNX_TYPE[np.dtype(dtype)])
         return self.const(value, dtype)
 
-    def to_numpy(self, a):
+    def to_numpy(self, a: Sym) -> NoReturn:
         raise TypeError("the ONNX namespace has no values: run the emitted model")
 
     def shape(self, a: Sym) -> tuple:
@@ -250,12 +262,27 @@ class OnnxOps:
     def ndim(self, a: Sym) -> int:
         return len(a.shape)
 
-    def zeros(self, shape: Sequence, dtype=np.float32) -> Sym:
+    def one_hot(self, target: Any, classes: int, dtype: Any = np.float32) -> Sym:
+        """Rows of `classes` zeros with a 1 at each `target` (integers in [0, classes)):
+        folded for constant targets, else Equal against 0..classes-1 and a Cast."""
+        if not isinstance(target, Sym) or target.is_const:
+            value = target.value if isinstance(target, Sym) else target
+            return self.const(self._np.one_hot(np.asarray(value), int(classes), dtype))
+        rows = target.shape[0]
+        if target.dtype != np.dtype(np.int64):
+            target = self._emit("Cast", [target], target.shape, np.int64, to=TensorProto.INT64)
+        column = self.reshape(target, (rows, 1))
+        classes_row = self.const(np.arange(int(classes), dtype=np.int64).reshape(1, -1))
+        hit = self._emit("Equal", [column, classes_row], (rows, int(classes)), np.bool_)
+        return self.asarray(hit, dtype)
+
+    def zeros(self, shape: Sequence, dtype: Any = np.float32) -> Sym:
         if not any(isinstance(d, Batch) for d in shape):
             return self.const(np.zeros(tuple(int(s) for s in shape), dtype=dtype))
         value = numpy_helper.from_array(np.zeros(1, dtype=dtype), "value")
-        return self._emit("ConstantOfShape", [self.shape_tensor(shape)], tuple(shape), dtype,
-                          value=value)
+        return self._emit(
+            "ConstantOfShape", [self.shape_tensor(shape)], tuple(shape), dtype, value=value
+        )
 
     # -- element-wise ----------------------------------------------------------------------------
     def _binary(self, op: str, fn, a, b, dtype=None) -> Sym:
@@ -269,43 +296,43 @@ class OnnxOps:
             return self._fold(fn, a)
         return self._emit(op, [a], a.shape, a.dtype)
 
-    def add(self, a, b):
+    def add(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Add", np.add, a, b)
 
-    def sub(self, a, b):
+    def sub(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Sub", np.subtract, a, b)
 
-    def mul(self, a, b):
+    def mul(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Mul", np.multiply, a, b)
 
-    def div(self, a, b):
+    def div(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Div", np.divide, a, b)
 
-    def maximum(self, a, b):
+    def maximum(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Max", np.maximum, a, b)
 
-    def minimum(self, a, b):
+    def minimum(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Min", np.minimum, a, b)
 
-    def power(self, a, p):
+    def power(self, a: Sym, p: float) -> Sym:
         return self._binary("Pow", np.power, a, p)
 
-    def greater(self, a, b):
+    def greater(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Greater", np.greater, a, b, dtype=np.bool_)
 
-    def less(self, a, b):
+    def less(self, a: Sym, b: Sym | float) -> Sym:
         return self._binary("Less", np.less, a, b, dtype=np.bool_)
 
-    def logical_and(self, a, b):
+    def logical_and(self, a: Sym, b: Sym) -> Sym:
         return self._binary("And", np.logical_and, a, b, dtype=np.bool_)
 
-    def neg(self, a):
+    def neg(self, a: Sym) -> Sym:
         return self._unary("Neg", np.negative, a)
 
-    def abs(self, a):
+    def abs(self, a: Sym) -> Sym:
         return self._unary("Abs", np.abs, a)
 
-    def sign(self, a):
+    def sign(self, a: Sym) -> Sym:
         """x / max(|x|, FLT_MIN): the sign of every normal float and of 0 (ORT's Sign
         kernel is several times slower than Abs + Max + Div); subnormals map into (-1, 1)."""
         if self._foldable(a):
@@ -313,26 +340,26 @@ class OnnxOps:
         tiny = float(np.finfo(np.float32).tiny)
         return self.div(a, self.maximum(self.abs(a), tiny))
 
-    def exp(self, a):
+    def exp(self, a: Sym) -> Sym:
         return self._unary("Exp", np.exp, a)
 
-    def square(self, a):
+    def square(self, a: Sym) -> Sym:
         return self.mul(a, a)
 
-    def where(self, cond, a, b):
+    def where(self, cond: Sym, a: Sym | float, b: Sym | float) -> Sym:
         cond, a, b = self._lift(cond, np.bool_), self._lift(a), self._lift(b)
         if cond.is_const and a.is_const and b.is_const:
             return self._fold(lambda c, x, y: np.where(c, x, y).astype(np.float32), cond, a, b)
         return self._emit("Where", [cond, a, b], broadcast_shapes(cond.shape, a.shape, b.shape))
 
-    def mask(self, g, cond):
+    def mask(self, g: Sym, cond: Sym) -> Sym:
         """`g` where `cond` holds, 0 elsewhere (a multiply: faster than Where in ORT)."""
         g, cond = self._lift(g), self._lift(cond, np.bool_)
         if g.is_const and cond.is_const:
             return self._fold(self._np.mask, g, cond)
         return self.mul(g, self.asarray(cond, np.float32))
 
-    def mask_below(self, g, y, bound: float):
+    def mask_below(self, g: Sym, y: Sym, bound: float) -> Sym:
         """`g` where y < bound, 0 elsewhere, for y <= bound: the 0/1 mask is one HardSigmoid,
         max(0, min(1, K * (bound - y))) with K a power of two (so K * y is exact) large
         enough that one float step below `bound` already gives >= 1, and 0 at y = bound
@@ -340,8 +367,12 @@ class OnnxOps:
         g, y = self._lift(g), self._lift(y)
         bound32 = np.float32(bound)
         step = bound32 - np.nextafter(bound32, np.float32(-np.inf))
-        if (self._all_const(g, y) or not np.isfinite(bound32) or bound32 <= 0
-                or bound32 < np.finfo(np.float32).tiny * 2 ** 24):
+        if (
+            self._all_const(g, y)
+            or not np.isfinite(bound32)
+            or bound32 <= 0
+            or bound32 < np.finfo(np.float32).tiny * 2**24
+        ):
             return self.mask(g, self.less(y, bound))
         k = 2.0 ** int(np.ceil(np.log2(2.0 / float(step))))
         if not np.isfinite(np.float32(k * float(bound32))):
@@ -349,7 +380,7 @@ class OnnxOps:
         below = self._emit("HardSigmoid", [y], y.shape, alpha=-k, beta=k * float(bound32))
         return self.mul(g, below)
 
-    def div_stab(self, a, d, eps: float = EPS, nonnegative: bool = False):
+    def div_stab(self, a: Sym, d: Sym, eps: float = EPS, nonnegative: bool = False) -> Sym:
         """a / (d + eps*sgn(d)) with sgn(0) = 1 (NumPy's rule, as nodes); `nonnegative`
         denominators (box sums of |X|) need no sign test."""
         if self._all_const(a, d):
@@ -367,25 +398,26 @@ class OnnxOps:
         return sorted(int(a) % rank for a in axes)
 
     def _reduce(self, op: str, a: Sym, axes: list[int], keepdims: bool) -> Sym:
-        shape = tuple(1 if i in axes else d for i, d in enumerate(a.shape)
-                      if keepdims or i not in axes)
+        shape = tuple(
+            1 if i in axes else d for i, d in enumerate(a.shape) if keepdims or i not in axes
+        )
         axes_as_input = self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13)
         if axes_as_input:
             return self._emit(op, [a, self._ints(axes)], shape, a.dtype, keepdims=int(keepdims))
         return self._emit(op, [a], shape, a.dtype, axes=axes, keepdims=int(keepdims))
 
-    def sum(self, a, axis=None, keepdims: bool = False):
+    def sum(self, a: Sym, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Sym:
         if a.is_const:
             return self._fold(lambda v: np.sum(v, axis=axis, keepdims=keepdims), a)
         return self._reduce("ReduceSum", a, self._axes(axis, len(a.shape)), keepdims)
 
-    def any_negative(self, a, axes):
+    def any_negative(self, a: Sym, axes: Sequence[int]) -> Sym:
         if a.is_const:
             return self._fold(lambda v: self._np.any_negative(v, axes), a)
         smallest = self._reduce("ReduceMin", a, self._axes(tuple(axes), len(a.shape)), True)
         return self.less(smallest, 0.0)
 
-    def reshape(self, a, shape: Sequence):
+    def reshape(self, a: Sym, shape: Sequence) -> Sym:
         shape = tuple(d if isinstance(d, Batch) else int(d) for d in shape)
         if self._foldable(a):
             return self.const(a.value.reshape(shape))
@@ -393,18 +425,18 @@ class OnnxOps:
             return a
         return self._emit("Reshape", [a, self._reshape_target(shape)], shape, a.dtype)
 
-    def transpose(self, a, perm: Sequence[int]):
+    def transpose(self, a: Sym, perm: Sequence[int]) -> Sym:
         perm = [int(p) for p in perm]
         if self._foldable(a):
             return self.const(np.transpose(a.value, perm))
         return self._emit("Transpose", [a], tuple(a.shape[p] for p in perm), a.dtype, perm=perm)
 
-    def swap_last(self, a):
+    def swap_last(self, a: Sym) -> Sym:
         perm = list(range(len(a.shape)))
         perm[-1], perm[-2] = perm[-2], perm[-1]
         return self.transpose(a, perm)
 
-    def expand_to(self, a, shape: Sequence):
+    def expand_to(self, a: Sym, shape: Sequence) -> Sym:
         """Broadcast `a` to `shape`."""
         shape = tuple(shape)
         if a.is_const and not any(isinstance(d, Batch) for d in shape):
@@ -413,22 +445,24 @@ class OnnxOps:
             return a
         return self._emit("Expand", [a, self.shape_tensor(shape)], shape, a.dtype)
 
-    broadcast_to = expand_to
-
-    def sum_to_shape(self, g, shape: Sequence):
+    def sum_to_shape(self, g: Sym, shape: Sequence) -> Sym:
         """Reduce a broadcast signal back to an operand's shape."""
         shape = tuple(shape)
         if g.shape == shape:
             return g
         lead = len(g.shape) - len(shape)
-        axes = list(range(lead)) + [lead + i for i, s in enumerate(shape)
-                                    if s == 1 and g.shape[lead + i] != 1]
+        axes = list(range(lead)) + [
+            lead + i for i, s in enumerate(shape) if s == 1 and g.shape[lead + i] != 1
+        ]
         if axes:
-            g = (self._fold(lambda v: np.sum(v, axis=tuple(axes), keepdims=True), g)
-                 if g.is_const else self._reduce("ReduceSum", g, axes, True))
+            g = (
+                self._fold(lambda v: np.sum(v, axis=tuple(axes), keepdims=True), g)
+                if g.is_const
+                else self._reduce("ReduceSum", g, axes, True)
+            )
         return self.reshape(g, shape)
 
-    def matmul(self, a, b):
+    def matmul(self, a: Sym, b: Sym) -> Sym:
         if self._foldable(a, b):
             return self._fold(np.matmul, a, b)
         sa, sb = a.shape, b.shape
@@ -441,22 +475,25 @@ class OnnxOps:
             shape = shape[:-1]
         return self._emit("MatMul", [a, b], shape)
 
-    def concat(self, arrays, axis: int):
+    def concat(self, arrays: Sequence[Sym], axis: int) -> Sym:
         arrays = list(arrays)
         rank = len(arrays[0].shape)
         axis = axis % rank
         if self._all_const(*arrays):
             return self.const(np.concatenate([a.value for a in arrays], axis=axis))
         size = sum(int(a.shape[axis]) for a in arrays)
-        shape = arrays[0].shape[:axis] + (size,) + arrays[0].shape[axis + 1:]
+        shape = arrays[0].shape[:axis] + (size,) + arrays[0].shape[axis + 1 :]
         return self._emit("Concat", arrays, shape, arrays[0].dtype, axis=axis)
 
-    def split(self, a, sizes: Sequence[int], axis: int):
+    def split(self, a: Sym, sizes: Sequence[int], axis: int) -> list[Sym]:
         axis = axis % len(a.shape)
-        outs = self.b.node("Split", [self._in(a), self._in(self._ints(sizes))], len(sizes),
-                           axis=axis)
-        return [Sym(o, a.shape[:axis] + (int(s),) + a.shape[axis + 1:], a.dtype)
-                for o, s in zip(outs, sizes)]
+        outs = self.b.node(
+            "Split", [self._in(a), self._in(self._ints(sizes))], len(sizes), axis=axis
+        )
+        return [
+            Sym(o, a.shape[:axis] + (int(s),) + a.shape[axis + 1 :], a.dtype)
+            for o, s in zip(outs, sizes)
+        ]
 
     # -- placing windows: slices and zero pads on spatial axes ------------------------------------
     def _place(self, t: Sym, axes: Sequence[int], begins: Sequence[int], sizes: Sequence[int]):
@@ -477,8 +514,12 @@ class OnnxOps:
             pad_after[axis] = size - pad_before[axis] - (end - start)
             shape[axis] = end - start
         if cut_axes:
-            t = self._emit("Slice", [t, self._ints(starts), self._ints(ends), self._ints(cut_axes)],
-                           tuple(shape), t.dtype)
+            t = self._emit(
+                "Slice",
+                [t, self._ints(starts), self._ints(ends), self._ints(cut_axes)],
+                tuple(shape),
+                t.dtype,
+            )
         if any(pad_before) or any(pad_after):
             for axis, size in zip(axes, sizes):
                 shape[axis] = size
@@ -499,14 +540,16 @@ class OnnxOps:
 
     # -- composite steps -----------------------------------------------------------------------
     def _window_attrs(self, win: Window) -> dict:
-        return dict(kernel_shape=list(win.kernel), strides=list(win.strides),
-                    dilations=list(win.dilations))
+        return dict(
+            kernel_shape=list(win.kernel), strides=list(win.strides), dilations=list(win.dilations)
+        )
 
     def _full_size(self, win: Window, out: Sequence[int]) -> list[int]:
         return [(int(out[i]) - 1) * win.strides[i] + win.extent(i) for i in range(win.nd)]
 
-    def _transposed_conv(self, t: Sym, w: Sym, group: int, win: Window, spatial: Sequence[int],
-                         rank_channels: int) -> Sym:
+    def _transposed_conv(
+        self, t: Sym, w: Sym, group: int, win: Window, spatial: Sequence[int], rank_channels: int
+    ) -> Sym:
         """Adjoint of a Conv (`w`, `group`, `win`) applied to `t`, cropped to `spatial`.
 
         Unstrided with constant weights, it is a Conv with the kernel flipped and its
@@ -520,22 +563,33 @@ class OnnxOps:
         fits = all(win.pads[i] <= ext[i] - 1 for i in range(nd))
         if not w.is_const or not fits or strided:
             full = self._full_size(win, out)
-            y = self._emit("ConvTranspose", [t, w], t.shape[:1] + (rank_channels,) + tuple(full),
-                           group=int(group), pads=[0] * (2 * nd), **self._window_attrs(win))
+            y = self._emit(
+                "ConvTranspose",
+                [t, w],
+                t.shape[:1] + (rank_channels,) + tuple(full),
+                group=int(group),
+                pads=[0] * (2 * nd),
+                **self._window_attrs(win),
+            )
             return self._place(y, range(2, 2 + nd), win.pads[:nd], [int(s) for s in spatial])
         n, mg = int(w.shape[0]), int(w.shape[1])
         ng = n // group
         kernel = self.reshape(w, (group, ng, mg) + win.kernel)
         kernel = self.transpose(kernel, [0, 2, 1] + list(range(3, 3 + nd)))
-        kernel = self._flip(self.reshape(kernel, (group * mg, ng) + win.kernel),
-                            range(2, 2 + nd))
+        kernel = self._flip(self.reshape(kernel, (group * mg, ng) + win.kernel), range(2, 2 + nd))
         size = [int(d) for d in t.shape[2:]]
         ends = [int(spatial[i]) - size[i] + win.pads[i] for i in range(nd)]
         pads = [ext[i] - 1 - win.pads[i] for i in range(nd)] + [max(e, 0) for e in ends]
         result = [size[i] - win.pads[i] + max(ends[i], 0) for i in range(nd)]
-        y = self._emit("Conv", [t, kernel],
-                       t.shape[:1] + (group * mg,) + tuple(result), group=int(group), pads=pads,
-                       kernel_shape=list(win.kernel), dilations=list(win.dilations))
+        y = self._emit(
+            "Conv",
+            [t, kernel],
+            t.shape[:1] + (group * mg,) + tuple(result),
+            group=int(group),
+            pads=pads,
+            kernel_shape=list(win.kernel),
+            dilations=list(win.dilations),
+        )
         if any(e < 0 for e in ends):
             y = self._place(y, range(2, 2 + nd), [0] * nd, [int(s) for s in spatial])
         return y
@@ -545,21 +599,34 @@ class OnnxOps:
         if self._foldable(a):
             return self.const(np.ascontiguousarray(np.flip(a.value, axis=tuple(axes))))
         big = np.iinfo(np.int64).max
-        return self._emit("Slice", [a, self._ints([-1] * len(axes)), self._ints([-big] * len(axes)),
-                                    self._ints(axes), self._ints([-1] * len(axes))],
-                          a.shape, a.dtype)
+        return self._emit(
+            "Slice",
+            [
+                a,
+                self._ints([-1] * len(axes)),
+                self._ints([-big] * len(axes)),
+                self._ints(axes),
+                self._ints([-1] * len(axes)),
+            ],
+            a.shape,
+            a.dtype,
+        )
 
-    def conv_input_grad(self, gy, w, x_shape: Sequence, win: Window, group: int):
+    def conv_input_grad(self, gy: Sym, w: Sym, x_shape: Sequence, win: Window, group: int) -> Sym:
         """Exact Conv input gradient (the conv's adjoint with its own weights)."""
-        return self._transposed_conv(gy, self._lift(w), int(group), win, x_shape[2:],
-                                     int(x_shape[1]))
+        return self._transposed_conv(
+            gy, self._lift(w), int(group), win, x_shape[2:], int(x_shape[1])
+        )
 
     def _ones_kernel(self, channels: int, win: Window) -> Sym:
         return self.const(np.ones((channels, 1) + win.kernel, dtype=np.float32))
 
-    def box_sum(self, a, win: Window, out: Sequence[int], plus: float = 0.0):
-        """Sum over every window (+ `plus`): a depthwise Conv with a kernel of ones (and a
-        bias of `plus`)."""
+    def box_sum(self, a: Sym, win: Window, out: Sequence[int]) -> Sym:
+        """Sum over every window: a depthwise Conv with a kernel of ones."""
+        return self._box_conv(a, win, out)
+
+    def _box_conv(self, a: Sym, win: Window, out: Sequence[int], plus: float = 0.0) -> Sym:
+        """`box_sum` + `plus`: the depthwise Conv with a kernel of ones and a bias of `plus`."""
         if win.is_identity:
             return self.add(a, plus) if plus else a
         if a.is_const:
@@ -571,25 +638,31 @@ class OnnxOps:
         inputs = [a, self._ones_kernel(channels, win)]
         if plus:
             inputs.append(self.const(np.full(channels, plus, dtype=np.float32)))
-        return self._emit("Conv", inputs,
-                          a.shape[:2] + tuple(int(o) for o in out), group=channels,
-                          pads=list(win.pads[:win.nd]) + ends, **self._window_attrs(win))
+        return self._emit(
+            "Conv",
+            inputs,
+            a.shape[:2] + tuple(int(o) for o in out),
+            group=channels,
+            pads=list(win.pads[: win.nd]) + ends,
+            **self._window_attrs(win),
+        )
 
-    def div_box_sum(self, a, mass, win: Window, out: Sequence[int]):
+    def div_box_sum(self, a: Sym, mass: Sym, win: Window, out: Sequence[int]) -> Sym:
         """a ⊘ box_sum(mass) for mass >= 0: the stabiliser is the box Conv's bias."""
         if self._all_const(a, mass):
             return self._fold(lambda x, m: self._np.div_box_sum(x, m, win, out), a, mass)
-        return self.div(a, self.box_sum(mass, win, out, plus=EPS))
+        return self.div(a, self._box_conv(mass, win, out, plus=EPS))
 
-    def box_sum_transposed(self, r, win: Window, spatial: Sequence[int]):
+    def box_sum_transposed(self, r: Sym, win: Window, spatial: Sequence[int]) -> Sym:
         """Adjoint of `box_sum`: the transposed depthwise conv with a kernel of ones."""
         if win.is_identity:
             return r
         channels = int(r.shape[1])
-        return self._transposed_conv(r, self._ones_kernel(channels, win), channels, win,
-                                     spatial, channels)
+        return self._transposed_conv(
+            r, self._ones_kernel(channels, win), channels, win, spatial, channels
+        )
 
-    def maxpool_input_grad(self, x, gy, win: Window):
+    def maxpool_input_grad(self, x: Sym, gy: Sym, win: Window) -> Sym:
         """MaxPool's indices, then a scatter-add of the signal (needs opset 16).
 
         The pool is re-run with explicit end pads that give exactly the recorded output size
@@ -599,40 +672,54 @@ class OnnxOps:
         nd = win.nd
         spatial = [int(s) for s in x.shape[2:]]
         out = [int(o) for o in gy.shape[2:]]
-        ends = [(out[i] - 1) * win.strides[i] + win.extent(i) - spatial[i] - win.pads[i]
-                for i in range(nd)]
+        ends = [
+            (out[i] - 1) * win.strides[i] + win.extent(i) - spatial[i] - win.pads[i]
+            for i in range(nd)
+        ]
         read = [spatial[i] + min(ends[i], 0) for i in range(nd)]
         if read != spatial:
             x = self._place(x, range(2, 2 + nd), [0] * nd, read)
-        (_, indices) = self.b.node("MaxPool", [self._in(x)], 2,
-                                   pads=list(win.pads[:nd]) + [max(e, 0) for e in ends],
-                                   **self._window_attrs(win))
+        (_, indices) = self.b.node(
+            "MaxPool",
+            [self._in(x)],
+            2,
+            pads=list(win.pads[:nd]) + [max(e, 0) for e in ends],
+            **self._window_attrs(win),
+        )
         flat = math.prod(x.shape)
         flat_index = self._emit("Reshape", [indices, self._ints([-1])], (flat,), np.int64)
         flat_signal = self.reshape(gy, (math.prod(gy.shape),))
-        scattered = self._emit("ScatterElements", [self.zeros((flat,)), flat_index, flat_signal],
-                               (flat,), axis=0, reduction="add")
+        scattered = self._emit(
+            "ScatterElements",
+            [self.zeros((flat,)), flat_index, flat_signal],
+            (flat,),
+            axis=0,
+            reduction="add",
+        )
         gx = self.reshape(scattered, x.shape)
         if read != spatial:
             gx = self._place(gx, range(2, 2 + nd), [0] * nd, spatial)
         return gx
 
-    def avgpool_divisor(self, spatial: Sequence[int], out: Sequence[int], win: Window,
-                        count_include_pad: bool):
+    def avgpool_divisor(
+        self, spatial: Sequence[int], out: Sequence[int], win: Window, count_include_pad: bool
+    ) -> Sym:
         return self.const(self._np.avgpool_divisor(spatial, out, win, count_include_pad))
 
-    def pad_input_grad(self, g, x_shape: Sequence, pads: Sequence[int], mode: str):
+    def pad_input_grad(self, g: Sym, x_shape: Sequence, pads: Sequence[int], mode: str) -> Sym:
         """Adjoint of ONNX Pad: a slice (constant mode) or one matrix per padded axis."""
         nd = len(x_shape)
         axes = [a for a in range(nd) if int(pads[a]) or int(pads[a + nd])]
         if mode == "constant":
-            return self._place(g, axes, [int(pads[a]) for a in axes], [int(x_shape[a]) for a in axes])
+            return self._place(
+                g, axes, [int(pads[a]) for a in axes], [int(x_shape[a]) for a in axes]
+            )
         for axis in axes:
             adjoint = pad_adjoint(int(x_shape[axis]), int(g.shape[axis]), int(pads[axis]), mode)
             g = self._axis_matmul(g, axis, adjoint)
         return g
 
-    def scatter_slices(self, g, x_shape: Sequence, index: tuple):
+    def scatter_slices(self, g: Sym, x_shape: Sequence, index: tuple) -> Sym:
         """Adjoint of a slice: zero pads (unit steps) or a selection matrix per axis."""
         unit_axes, begins, sizes = [], [], []
         for axis, sl in enumerate(index):
@@ -651,14 +738,14 @@ class OnnxOps:
                 g = self._axis_matmul(g, axis, matrix)
         return self._place(g, unit_axes, begins, sizes) if unit_axes else g
 
-    def channel_window_sum(self, a, size: int):
+    def channel_window_sum(self, a: Sym, size: int) -> Sym:
         """LRN's window sum over channels (see NumpyOps)."""
         return self._channel_window(a, (size - 1) // 2, size // 2)
 
-    def channel_window_sum_transposed(self, a, size: int):
+    def channel_window_sum_transposed(self, a: Sym, size: int) -> Sym:
         return self._channel_window(a, size // 2, (size - 1) // 2)
 
-    def _channel_window(self, a, before: int, after: int):
+    def _channel_window(self, a: Sym, before: int, after: int) -> Sym:
         if a.is_const:
             return self._fold(lambda v: NumpyOps._channel_window(v, before, after), a)
         channels = int(a.shape[1])
@@ -669,7 +756,7 @@ class OnnxOps:
             total = part if total is None else self.add(total, part)
         return total
 
-    def conv(self, x, w, win: Window, group: int, out: Sequence[int]):
+    def conv(self, x: Sym, w: Sym, win: Window, group: int, out: Sequence[int]) -> Sym:
         """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""
         x, w = self._lift(x), self._lift(w)
         if x.is_const and w.is_const:
@@ -678,6 +765,11 @@ class OnnxOps:
         out = [int(o) for o in out]
         padded = win.padded_size(spatial, out)
         ends = [padded[i] - spatial[i] - win.pads[i] for i in range(win.nd)]
-        return self._emit("Conv", [x, w], x.shape[:1] + (int(w.shape[0]),) + tuple(out),
-                          group=int(group), pads=list(win.pads[:win.nd]) + ends,
-                          **self._window_attrs(win))
+        return self._emit(
+            "Conv",
+            [x, w],
+            x.shape[:1] + (int(w.shape[0]),) + tuple(out),
+            group=int(group),
+            pads=list(win.pads[: win.nd]) + ends,
+            **self._window_attrs(win),
+        )

@@ -21,7 +21,9 @@ def floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got '{text}'"
+        ) from None
 
 
 def positive_int(text: str) -> int:
@@ -99,12 +101,23 @@ def method_options(args: argparse.Namespace) -> dict:
 
 def add_method_flags(sp: argparse.ArgumentParser) -> None:
     """--method, --alpha, --reference-compat, --output, --layer, --opt."""
-    sp.add_argument("--method", default="tsgb",
-                    help=f"explanation method ({', '.join(available_methods())}); default tsgb")
+    sp.add_argument(
+        "--method",
+        default="tsgb",
+        help=f"explanation method ({', '.join(available_methods())}); default tsgb",
+    )
     sp.add_argument("--alpha", type=float, default=None, help="TSGB-FC scale coefficient (eq. 2)")
-    sp.add_argument("--reference-compat", action="store_true",
-                    help="TSGB: reproduce the reference code's variants")
+    sp.add_argument(
+        "--reference-compat",
+        action="store_true",
+        help="TSGB: reproduce the reference code's variants",
+    )
     sp.add_argument("--output", default=None, help="model output holding the logits")
     sp.add_argument("--layer", default=None, help="tensor to explain at (default: model input)")
-    sp.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="a method option (repeatable), e.g. --opt groups=16")
+    sp.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option (repeatable), e.g. --opt groups=16",
+    )

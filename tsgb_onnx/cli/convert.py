@@ -24,17 +24,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise InputError("-o/--out names the input model: write the explainer to a new file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = convert(args.model, method=args.method, layer=args.layer,
-                        keep_signal=args.keep_signal, output=args.output,
-                        **method_options(args))
+        model = convert(
+            args.model,
+            method=args.method,
+            layer=args.layer,
+            keep_signal=args.keep_signal,
+            output=args.output,
+            **method_options(args),
+        )
     for w in caught:
         print(f"tsgb: note: {w.message}", file=sys.stderr)
     onnx.save(model, str(out))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     outputs = ", ".join(o.name for o in model.graph.output)
     inputs = ", ".join(i.name for i in model.graph.input)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opset}); "
-          f"inputs: {inputs}; outputs: {outputs}")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opset}); "
+        f"inputs: {inputs}; outputs: {outputs}"
+    )
     return 0
 
 
@@ -44,7 +51,7 @@ def register(sub) -> None:
     c.add_argument("model", help="ONNX model file")
     c.add_argument("-o", "--out", required=True, help="explainer model to write (.onnx)")
     add_method_flags(c)
-    c.add_argument("--keep-signal", action="store_true",
-                   help="also output the backward signal at --layer")
+    c.add_argument(
+        "--keep-signal", action="store_true", help="also output the backward signal at --layer"
+    )
     c.set_defaults(func=cmd_convert)
-

@@ -22,8 +22,9 @@ def _label(rgb: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(im)
 
 
-def run_demo(out: str | os.PathLike = "tsgb_demo.png", alpha: float = 1.0,
-             image: str = "chelsea") -> Path:
+def run_demo(
+    out: str | os.PathLike = "tsgb_demo.png", alpha: float = 1.0, image: str = "chelsea"
+) -> Path:
     """Write a PNG: the photo, its TSGB map and its exact-gradient map side by side."""
     model = lite0_onnx()
     rgb = fit_image(photo(image), LITE0_PREP)
@@ -57,4 +58,3 @@ def register(sub) -> None:
     d.add_argument("--out", default="tsgb_demo.png", help="PNG to write")
     d.add_argument("--alpha", type=float, default=None, help="TSGB-FC scale coefficient")
     d.set_defaults(func=cmd_demo)
-

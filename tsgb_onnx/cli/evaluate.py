@@ -29,15 +29,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_md = out_path(args.markdown, (".md",), "--markdown")
     if not Path(args.model).is_file():
         raise InputError(f"model file '{args.model}' does not exist")
-    settings = Settings(batch_size=args.batch_size, predict_batch=args.predict_batch,
-                        step=args.step, score=args.score, tolerance=args.tolerance,
-                        component=args.component, sanity_samples=args.sanity_samples,
-                        seed=args.seed, progress=not args.quiet, backend=args.backend)
-    ev = evaluate(args.model, args.data, args.methods, args.metrics,
-                  _per_method_options(args.opt), settings, output=args.output)
+    settings = Settings(
+        batch_size=args.batch_size,
+        predict_batch=args.predict_batch,
+        step=args.step,
+        score=args.score,
+        tolerance=args.tolerance,
+        component=args.component,
+        sanity_samples=args.sanity_samples,
+        seed=args.seed,
+        progress=not args.quiet,
+        backend=args.backend,
+    )
+    ev = evaluate(
+        args.model,
+        args.data,
+        args.methods,
+        args.metrics,
+        _per_method_options(args.opt),
+        settings,
+        output=args.output,
+    )
     table = ev.markdown()
-    print(f"{ev.model} on {ev.data}: {ev.images} images, {len(ev.samples.target)} explained "
-          f"objects, batch {settings.batch_size}; inference {ev.inference_images_per_s:.1f} images/s")
+    print(
+        f"{ev.model} on {ev.data}: {ev.images} images, {len(ev.samples.target)} explained "
+        f"objects, batch {settings.batch_size}; inference {ev.inference_images_per_s:.1f} images/s"
+    )
     print(table, end="")
     for r in ev.results:
         if r.error:
@@ -55,31 +72,63 @@ def register(sub) -> None:
     """Add `tsgb evaluate` to the subparsers `sub`."""
     e = sub.add_parser("evaluate", help="score methods on a data set with ground truth")
     e.add_argument("model", help="ONNX model file")
-    e.add_argument("data", help="manifest .json/.toml, folder with a labels file, "
-                                "'synthetic[:COUNT[:SEED]]' or 'skimage'")
-    e.add_argument("--methods", default="all", help="comma list of methods (default: all registered)")
-    e.add_argument("--metrics", default="all",
-                   help="comma list of pointing,localization,deletion,insertion,"
-                        "class_sensitivity,sanity (default: all)")
+    e.add_argument(
+        "data",
+        help="manifest .json/.toml, folder with a labels file, "
+        "'synthetic[:COUNT[:SEED]]' or 'skimage'",
+    )
+    e.add_argument(
+        "--methods", default="all", help="comma list of methods (default: all registered)"
+    )
+    e.add_argument(
+        "--metrics",
+        default="all",
+        help="comma list of pointing,localization,deletion,insertion,"
+        "class_sensitivity,sanity (default: all)",
+    )
     e.add_argument("--out", default=None, help="write the results as JSON")
     e.add_argument("--markdown", default=None, help="write the table as Markdown")
-    e.add_argument("--opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="a method option (repeatable), e.g. --opt tsgb.alpha=0.8")
+    e.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="a method option (repeatable), e.g. --opt tsgb.alpha=0.8",
+    )
     e.add_argument("--output", default=None, help="model output holding the logits")
     e.add_argument("--batch-size", type=positive_int, default=32, help="images per explain call")
-    e.add_argument("--predict-batch", type=positive_int, default=256,
-                   help="perturbed images per forward call in deletion/insertion")
+    e.add_argument(
+        "--predict-batch",
+        type=positive_int,
+        default=256,
+        help="perturbed images per forward call in deletion/insertion",
+    )
     e.add_argument("--step", type=float, default=0.01, help="pixel share per deletion step")
-    e.add_argument("--score", choices=("softmax", "sigmoid"), default="softmax",
-                   help="target score of deletion/insertion")
-    e.add_argument("--tolerance", type=float, default=None,
-                   help="pointing-game tolerance in pixels (default 15 at 224 px, scaled)")
-    e.add_argument("--component", choices=("largest", "all"), default="largest",
-                   help="localization box: largest connected region or all thresholded pixels")
-    e.add_argument("--sanity-samples", type=positive_int, default=8,
-                   help="objects re-explained per randomized model")
+    e.add_argument(
+        "--score",
+        choices=("softmax", "sigmoid"),
+        default="softmax",
+        help="target score of deletion/insertion",
+    )
+    e.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="pointing-game tolerance in pixels (default 15 at 224 px, scaled)",
+    )
+    e.add_argument(
+        "--component",
+        choices=("largest", "all"),
+        default="largest",
+        help="localization box: largest connected region or all thresholded pixels",
+    )
+    e.add_argument(
+        "--sanity-samples",
+        type=positive_int,
+        default=8,
+        help="objects re-explained per randomized model",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--backend", choices=("auto", "compiled", "numpy"), default="auto")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     e.set_defaults(func=cmd_evaluate)
-

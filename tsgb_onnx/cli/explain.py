@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
-import argparse
-
-from tsgb_onnx.cli.args import (add_method_flags, check_out, floats, method_options,
-                              positive_int, size)
+from tsgb_onnx.cli.args import (
+    add_method_flags,
+    check_out,
+    floats,
+    method_options,
+    positive_int,
+    size,
+)
 from tsgb_onnx.errors import InputError, TargetError
 from tsgb_onnx.explainer import Explainer
-from tsgb_onnx.io.labels import check_count, label_of, labels_from_metadata, load_labels, parse_targets
-from tsgb_onnx.io.preprocess import (PREPROCESS_KEY, Preprocessing, discover, preset_settings, read_input, resolve_preprocessing, settings_from_json)
+from tsgb_onnx.io.labels import (
+    check_count,
+    label_of,
+    labels_from_metadata,
+    load_labels,
+    parse_targets,
+)
+from tsgb_onnx.io.preprocess import (
+    PREPROCESS_KEY,
+    Preprocessing,
+    discover,
+    preset_settings,
+    read_input,
+    resolve_preprocessing,
+    settings_from_json,
+)
 from tsgb_onnx.io.progress import Progress
 from tsgb_onnx.io.render import default_cmap, heatmap, input_picture, save_png, upscale
 
@@ -81,8 +101,11 @@ def detected_settings(graph) -> dict[str, Any]:
 def choose_preprocessing(graph, preset: str | None, explicit: dict[str, Any]) -> Preprocessing:
     """Defaults < what the graph shows < model metadata < --preset < explicit flags."""
     meta = model_metadata(graph)
-    from_meta = settings_from_json(meta[PREPROCESS_KEY], f"model metadata '{PREPROCESS_KEY}'") \
-        if PREPROCESS_KEY in meta else {}
+    from_meta = (
+        settings_from_json(meta[PREPROCESS_KEY], f"model metadata '{PREPROCESS_KEY}'")
+        if PREPROCESS_KEY in meta
+        else {}
+    )
     from_preset = preset_settings(preset) if preset else {}
     return resolve_preprocessing(detected_settings(graph), from_meta, from_preset, explicit)
 
@@ -145,16 +168,21 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
     files = discover(settings.inputs)
     total = sum(count_rows(path, rank) for path, _ in files)
     if isinstance(target, list) and len(target) != total:
-        raise TargetError(f"got {len(target)} targets for {total} inputs: give one per input "
-                          "or one for all")
-    progress = Progress("tsgb explain", total, sys.stderr.isatty() if settings.progress is None
-                        else settings.progress, unit="inputs")
+        raise TargetError(
+            f"got {len(target)} targets for {total} inputs: give one per input or one for all"
+        )
+    progress = Progress(
+        "tsgb explain",
+        total,
+        sys.stderr.isatty() if settings.progress is None else settings.progress,
+        unit="inputs",
+    )
     offset = 0
     try:
         for batch in _batches(files, prep, rank, settings.batch_size):
             x = np.stack([row for _, row, _ in batch]).astype(np.float32, copy=False)
             n = len(batch)
-            fixed = target[offset:offset + n] if isinstance(target, list) else target
+            fixed = target[offset : offset + n] if isinstance(target, list) else target
             offset += n
             first = _explain(explainer, x, fixed, settings.layer, prep.layout)
             logits = first.logits
@@ -165,10 +193,15 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
                 maps.append(res.saliency)
                 targets.append(res.target)
             for i, (name, row, picture) in enumerate(batch):
-                yield Row(name=name, x=row, picture=picture,
-                          targets=[int(t[i]) for t in targets],
-                          maps=[np.asarray(m[i]) for m in maps], logits=np.asarray(logits[i]),
-                          layer=first.layer)
+                yield Row(
+                    name=name,
+                    x=row,
+                    picture=picture,
+                    targets=[int(t[i]) for t in targets],
+                    maps=[np.asarray(m[i]) for m in maps],
+                    logits=np.asarray(logits[i]),
+                    layer=first.layer,
+                )
             progress.update(n)
     finally:
         progress.close()
@@ -182,9 +215,14 @@ def _explain(explainer, x, target, layer, layout: str = "nchw"):
             raise InputError(f"{exc} (tsgb explain: --batch-size 1)") from None
         raise
     graph = explainer.graph
-    if (layout == "nhwc" and layer is None and x.ndim == 4 and res.signal is not None
-            and graph.channel_axis(graph.input_name) != -1
-            and np.shape(res.signal) == x.shape):
+    if (
+        layout == "nhwc"
+        and layer is None
+        and x.ndim == 4
+        and res.signal is not None
+        and graph.channel_axis(graph.input_name) != -1
+        and np.shape(res.signal) == x.shape
+    ):
         # a channels-last model with no Transpose at its input (e.g. a JAX export): the graph
         # cannot show the channel axis, the preprocessing's layout does
         res.saliency = np.sum(np.asarray(res.signal) * x, axis=-1)
@@ -198,9 +236,11 @@ def describe(row: Row, labels, top_k: int) -> list[str]:
         label = label_of(t, labels)
         named = f" '{label}'" if label else ""
         rank = f"top-{r + 1}, " if top_k > 1 else ""
-        lines.append(f"{row.name}: target {t}{named} ({rank}logit {row.logits[t]:.4f}, "
-                     f"p {probs[t]:.3f}), saliency {tuple(sal.shape)} range "
-                     f"[{sal.min():.3g}, {sal.max():.3g}]")
+        lines.append(
+            f"{row.name}: target {t}{named} ({rank}logit {row.logits[t]:.4f}, "
+            f"p {probs[t]:.3f}), saliency {tuple(sal.shape)} range "
+            f"[{sal.min():.3g}, {sal.max():.3g}]"
+        )
     return lines
 
 
@@ -257,7 +297,11 @@ def write_single(settings: Settings, rows: list[Row], top_k: int) -> None:
         return
     for row in rows:
         for r, sal in enumerate(row.maps):
-            stem = out.stem if len(rows) == 1 else f"{out.stem}_{safe_name(row.name).replace('/', '_')}"
+            stem = (
+                out.stem
+                if len(rows) == 1
+                else f"{out.stem}_{safe_name(row.name).replace('/', '_')}"
+            )
             if top_k > 1:
                 stem += f"_top{r + 1}"
             path = out.with_name(stem + out.suffix)
@@ -318,11 +362,19 @@ class OutDirWriter:
             src = None
             if "png" in formats or "html" in formats:
                 src = self._picture(overlay(row, sal, self.settings), f"{stem}.class{t}.png")
-                entry.maps.append(MapEntry(r + 1, t, label, float(row.logits[t]),
-                                           float(probs[t]), src))
-            record["maps"].append({"rank": r + 1, "target": t, "label": label,
-                                   "logit": float(row.logits[t]), "prob": float(probs[t]),
-                                   "png": src if src and not src.startswith("data:") else None})
+                entry.maps.append(
+                    MapEntry(r + 1, t, label, float(row.logits[t]), float(probs[t]), src)
+                )
+            record["maps"].append(
+                {
+                    "rank": r + 1,
+                    "target": t,
+                    "label": label,
+                    "logit": float(row.logits[t]),
+                    "prob": float(probs[t]),
+                    "png": src if src and not src.startswith("data:") else None,
+                }
+            )
         if "png" in formats:
             record["files"] += [m["png"] for m in record["maps"]]
         self.entries.append(entry)
@@ -335,8 +387,11 @@ class OutDirWriter:
         summary = {"method": method, "layer": self.layer, "inputs": self.records}
         (self.root / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         if "html" in self.settings.formats:
-            meta = {"method": method, "colormap": self.settings.colormap,
-                    "inputs": str(len(self.entries))}
+            meta = {
+                "method": method,
+                "colormap": self.settings.colormap,
+                "inputs": str(len(self.entries)),
+            }
             index = self.root / "index.html"
             write_index(index, self.entries, f"tsgb explain: {method} saliency", meta)
             print(f"wrote {index}")
@@ -349,7 +404,8 @@ def _formats(text: str) -> tuple[str, ...]:
     bad = [v for v in names if v not in FORMATS]
     if bad or not names:
         raise argparse.ArgumentTypeError(
-            f"--format takes a comma list of {', '.join(FORMATS)}, got '{text}'")
+            f"--format takes a comma list of {', '.join(FORMATS)}, got '{text}'"
+        )
     return names
 
 
@@ -359,28 +415,52 @@ def _explain_settings(args):
     formats = tuple(dict.fromkeys(f for group in args.format for f in group))
     out_dir = Path(args.out_dir) if args.out_dir else None
     if out is not None and (out_dir is not None or formats):
-        raise InputError("--out writes one file; --out-dir/--format write a folder: "
-                         "give one or the other")
+        raise InputError(
+            "--out writes one file; --out-dir/--format write a folder: give one or the other"
+        )
     if formats and out_dir is None:
         out_dir = Path("tsgb_maps")
     if out_dir is not None and not formats:
         formats = ("png", "html")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir '{out_dir}' exists and is not a folder")
-    explicit = {"size": args.size, "mean": args.mean, "std": args.std, "layout": args.layout,
-                "channel_order": args.channel_order, "pixel_max": args.pixel_range,
-                "crop": False if args.no_crop else None}
-    return Settings(inputs=args.inputs, target=args.target, top_k=args.top_k,
-                    labels=args.labels, preset=args.preset, explicit=explicit,
-                    batch_size=args.batch_size, progress=args.progress, out=out,
-                    out_dir=out_dir, formats=formats, colormap=args.colormap, cmap=args.cmap,
-                    layer=args.layer)
+    explicit = {
+        "size": args.size,
+        "mean": args.mean,
+        "std": args.std,
+        "layout": args.layout,
+        "channel_order": args.channel_order,
+        "pixel_max": args.pixel_range,
+        "crop": False if args.no_crop else None,
+    }
+    return Settings(
+        inputs=args.inputs,
+        target=args.target,
+        top_k=args.top_k,
+        labels=args.labels,
+        preset=args.preset,
+        explicit=explicit,
+        batch_size=args.batch_size,
+        progress=args.progress,
+        out=out,
+        out_dir=out_dir,
+        formats=formats,
+        colormap=args.colormap,
+        cmap=args.cmap,
+        layer=args.layer,
+    )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     settings = _explain_settings(args)
-    explainer = Explainer(args.model, method=args.method, output=args.output,
-                          backend=args.backend, device=args.device, **method_options(args))
+    explainer = Explainer(
+        args.model,
+        method=args.method,
+        output=args.output,
+        backend=args.backend,
+        device=args.device,
+        **method_options(args),
+    )
     prep = choose_preprocessing(explainer.graph, settings.preset, settings.explicit)
     return run(explainer, settings, prep)
 
@@ -389,53 +469,114 @@ def register(sub) -> None:
     """Add `tsgb explain` to the subparsers `sub`."""
     e = sub.add_parser("explain", help="explain images, .npy tensors or folders of them")
     e.add_argument("model", help="ONNX model file")
-    e.add_argument("inputs", nargs="+",
-                   help="image files, .npy tensors, or folders (searched recursively)")
+    e.add_argument(
+        "inputs", nargs="+", help="image files, .npy tensors, or folders (searched recursively)"
+    )
     add_method_flags(e)
-    e.add_argument("--target", default="top1",
-                   help="'top1', a class index or name, or one per input: 3,7 or cat,dog")
-    e.add_argument("--top-k", type=positive_int, default=1, metavar="K",
-                   help="explain the K best classes of every input")
-    e.add_argument("--labels", default=None, metavar="FILE",
-                   help="class names: a text file (one per line), a JSON list, or 'imagenet' "
-                        "(default: the model's metadata)")
-    e.add_argument("--out", default=None,
-                   help="one file: saliency as .npy (raw) or .png (heat map per image)")
-    e.add_argument("--out-dir", default=None, metavar="DIR",
-                   help="write per-input files and an index page to DIR")
-    e.add_argument("--format", type=_formats, action="append", default=[],
-                   metavar="npy,png,html",
-                   help="what --out-dir gets (comma list; default png,html; html alone "
-                        "embeds its pictures)")
+    e.add_argument(
+        "--target",
+        default="top1",
+        help="'top1', a class index or name, or one per input: 3,7 or cat,dog",
+    )
+    e.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="explain the K best classes of every input",
+    )
+    e.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="class names: a text file (one per line), a JSON list, or 'imagenet' "
+        "(default: the model's metadata)",
+    )
+    e.add_argument(
+        "--out", default=None, help="one file: saliency as .npy (raw) or .png (heat map per image)"
+    )
+    e.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="write per-input files and an index page to DIR",
+    )
+    e.add_argument(
+        "--format",
+        type=_formats,
+        action="append",
+        default=[],
+        metavar="npy,png,html",
+        help="what --out-dir gets (comma list; default png,html; html alone embeds its pictures)",
+    )
     e.add_argument("--batch-size", type=positive_int, default=8, help="inputs per run")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
-    e.add_argument("--colormap", choices=("positive", "diverging"), default="positive",
-                   help="positive: negatives truncated (the paper's display); diverging: "
-                        "blue negative, red positive")
-    e.add_argument("--cmap", default=None,
-                   help="matplotlib colormap name (default jet / RdBu_r; a built-in map "
-                        "without matplotlib)")
-    e.add_argument("--preset", choices=("torchvision", "caffe", "tf", "none"), default=None,
-                   help="image preprocessing preset (overrides the model's metadata)")
-    e.add_argument("--size", type=size, default=None,
-                   help="image size, SIZE or HEIGHT,WIDTH (default: the model's)")
-    e.add_argument("--mean", type=floats, default=None,
-                   help="per-channel mean, in the model's channel order")
+    e.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    e.add_argument(
+        "--colormap",
+        choices=("positive", "diverging"),
+        default="positive",
+        help="positive: negatives truncated (the paper's display); diverging: "
+        "blue negative, red positive",
+    )
+    e.add_argument(
+        "--cmap",
+        default=None,
+        help="matplotlib colormap name (default jet / RdBu_r; a built-in map without matplotlib)",
+    )
+    e.add_argument(
+        "--preset",
+        choices=("torchvision", "caffe", "tf", "none"),
+        default=None,
+        help="image preprocessing preset (overrides the model's metadata)",
+    )
+    e.add_argument(
+        "--size",
+        type=size,
+        default=None,
+        help="image size, SIZE or HEIGHT,WIDTH (default: the model's)",
+    )
+    e.add_argument(
+        "--mean", type=floats, default=None, help="per-channel mean, in the model's channel order"
+    )
     e.add_argument("--std", type=floats, default=None, help="per-channel std")
-    e.add_argument("--pixel-range", type=float, default=None, metavar="MAX",
-                   help="pixels scaled to [0, MAX] before mean/std: 1 or 255")
-    e.add_argument("--channel-order", choices=("rgb", "bgr"), default=None,
-                   help="channel order of the model input")
-    e.add_argument("--layout", choices=("nchw", "nhwc"), default=None,
-                   help="image tensor layout (default: detected from the model)")
+    e.add_argument(
+        "--pixel-range",
+        type=float,
+        default=None,
+        metavar="MAX",
+        help="pixels scaled to [0, MAX] before mean/std: 1 or 255",
+    )
+    e.add_argument(
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        default=None,
+        help="channel order of the model input",
+    )
+    e.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        default=None,
+        help="image tensor layout (default: detected from the model)",
+    )
     e.add_argument("--no-crop", action="store_true", help="resize to size×size without cropping")
-    e.add_argument("--backend", choices=("auto", "compiled", "numpy"), default="auto",
-                   help="compiled: the convert explainer in one ONNX Runtime session; numpy: "
-                        "ONNX Runtime forward + NumPy backward; auto (default): compiled "
-                        "when the model has fixed image sizes")
-    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
-                   help="cuda: ONNX Runtime CUDA forward + CuPy backward (needs the [gpu] "
-                        "extra); auto: cuda when usable, else the CPU (said once)")
+    e.add_argument(
+        "--backend",
+        choices=("auto", "compiled", "numpy"),
+        default="auto",
+        help="compiled: the convert explainer in one ONNX Runtime session; numpy: "
+        "ONNX Runtime forward + NumPy backward; auto (default): compiled "
+        "when the model has fixed image sizes",
+    )
+    e.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="cuda: ONNX Runtime CUDA forward + CuPy backward (needs the [gpu] "
+        "extra); auto: cuda when usable, else the CPU (said once)",
+    )
     e.set_defaults(func=cmd_explain)
-

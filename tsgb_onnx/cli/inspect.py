@@ -19,8 +19,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rules = method.rules
     print(f"model:   {args.model}  (opset {graph.opset})")
     print(f"input:   {graph.input_name} {list(graph.input_shape or [])}")
-    outputs = ", ".join(f"{o.name} {list(graph.shapes.get(o.name) or [])}"
-                        for o in graph.model.graph.output)
+    outputs = ", ".join(
+        f"{o.name} {list(graph.shapes.get(o.name) or [])}" for o in graph.model.graph.output
+    )
     print(f"outputs: {outputs}")
     print(f"logits:  {graph.logits_name} {list(graph.shapes.get(graph.logits_name) or [])}")
     ops = graph.op_types()
@@ -32,17 +33,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.tensors:
         _print_tensors(graph)
     if not method.single_pass:
-        print(f"program: none ('{method.name}' is a map method: it reads signals of the "
-              f"'{method.backward}' rules at the tensors it needs)")
+        print(
+            f"program: none ('{method.name}' is a map method: it reads signals of the "
+            f"'{method.backward}' rules at the tensors it needs)"
+        )
         if args.program:
-            raise InputError(f"--program: '{method.name}' has no reverse program; inspect "
-                             f"--method {method.backward} shows the backward it reads")
+            raise InputError(
+                f"--program: '{method.name}' has no reverse program; inspect "
+                f"--method {method.backward} shows the backward it reads"
+            )
         return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = plan(graph, method, options, args.layer)
-    print(f"program: {len(program)} steps, records {len(program.record)} tensors "
-          f"and {len(program.record_shapes)} shapes")
+    print(
+        f"program: {len(program)} steps, records {len(program.record)} tensors "
+        f"and {len(program.record_shapes)} shapes"
+    )
     if args.program:
         print(program)
     return 0
@@ -70,7 +77,7 @@ def register(sub) -> None:
     i.add_argument("model", help="ONNX model file")
     add_method_flags(i)
     i.add_argument("--program", action="store_true", help="print every step")
-    i.add_argument("--tensors", action="store_true",
-                   help="list the tensors --layer accepts, with their shapes")
+    i.add_argument(
+        "--tensors", action="store_true", help="list the tensors --layer accepts, with their shapes"
+    )
     i.set_defaults(func=cmd_inspect)
-

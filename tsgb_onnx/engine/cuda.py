@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from tsgb_onnx.engine.record import SHAPE_SUFFIX, ForwardRecorder, _onnxruntime
 from tsgb_onnx.errors import RuntimeUnavailableError, TsgbError
 from tsgb_onnx.ir.graph import Graph
-from tsgb_onnx.engine.record import SHAPE_SUFFIX, ForwardRecorder, _onnxruntime
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -36,33 +37,41 @@ def check_onnxruntime_cuda(device_id: int = 0, probe: bool = True) -> None:
         raise unavailable(
             f"onnxruntime {ort.__version__} has no {CUDA_PROVIDER} "
             f"(available: {', '.join(available)})",
-            "install onnxruntime-gpu (pip install 'tsgb-onnx[gpu]') or use device='cpu'")
+            "install onnxruntime-gpu (pip install 'tsgb-onnx[gpu]') or use device='cpu'",
+        )
     if not probe:
         return
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=[
-            (CUDA_PROVIDER, {"device_id": int(device_id)}), "CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=[(CUDA_PROVIDER, {"device_id": int(device_id)}), "CPUExecutionProvider"],
+        )
         loaded = session.get_providers()
     except Exception as exc:  # noqa: BLE001 - any loader failure means "not usable"
-        raise unavailable(f"ONNX Runtime cannot start {CUDA_PROVIDER}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                           "check the CUDA and cuDNN libraries onnxruntime-gpu needs, "
-                           "or use device='cpu'") from None
+        raise unavailable(
+            f"ONNX Runtime cannot start {CUDA_PROVIDER}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'",
+        ) from None
     if CUDA_PROVIDER not in loaded:
-        raise unavailable(f"ONNX Runtime could not load {CUDA_PROVIDER} "
-                           "(its CUDA or cuDNN libraries are missing or do not match the driver)",
-                           "install the CUDA/cuDNN versions onnxruntime-gpu needs, "
-                           "or use device='cpu'")
+        raise unavailable(
+            f"ONNX Runtime could not load {CUDA_PROVIDER} "
+            "(its CUDA or cuDNN libraries are missing or do not match the driver)",
+            "install the CUDA/cuDNN versions onnxruntime-gpu needs, or use device='cpu'",
+        )
 
 
 def first_line(exc: BaseException) -> str:
@@ -72,9 +81,10 @@ def first_line(exc: BaseException) -> str:
 
 def cuda_providers(device_id: int = 0) -> list:
     """ONNX Runtime providers for the CUDA recorder (CPU kept for ops CUDA lacks)."""
-    return [(CUDA_PROVIDER, {"device_id": int(device_id),
-                             "arena_extend_strategy": "kSameAsRequested"}),
-            "CPUExecutionProvider"]
+    return [
+        (CUDA_PROVIDER, {"device_id": int(device_id), "arena_extend_strategy": "kSameAsRequested"}),
+        "CPUExecutionProvider",
+    ]
 
 
 # -- zero-copy hand-over from ONNX Runtime to CuPy ----------------------------------------------
@@ -84,9 +94,17 @@ def ortvalue_dtype(value) -> np.dtype:
     from onnx.onnx_ml_pb2 import TensorProto
 
     text = value.data_type()
-    name = text[len("tensor("):-1] if text.startswith("tensor(") else text
-    onnx_names = {"float": "FLOAT", "double": "DOUBLE", "float16": "FLOAT16", "int64": "INT64",
-                  "int32": "INT32", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+    name = text[len("tensor(") : -1] if text.startswith("tensor(") else text
+    onnx_names = {
+        "float": "FLOAT",
+        "double": "DOUBLE",
+        "float16": "FLOAT16",
+        "int64": "INT64",
+        "int32": "INT32",
+        "int8": "INT8",
+        "uint8": "UINT8",
+        "bool": "BOOL",
+    }
     if name not in onnx_names:
         raise TsgbError(f"cannot hand an ONNX Runtime tensor of type {text} to the GPU executor")
     return np.dtype(helper.tensor_dtype_to_np_dtype(getattr(TensorProto, onnx_names[name])))
@@ -115,8 +133,13 @@ class IoBindingRecorder(ForwardRecorder):
 
     device_type = "cpu"
 
-    def __init__(self, graph: Graph, providers: Sequence | None = None, device_id: int = 0,
-                 optimize: bool = True):
+    def __init__(
+        self,
+        graph: Graph,
+        providers: Sequence | None = None,
+        device_id: int = 0,
+        optimize: bool = True,
+    ):
         super().__init__(graph, providers, optimize)
         self.device_id = int(device_id)
 
@@ -158,8 +181,11 @@ class IoBindingRecorder(ForwardRecorder):
         value_map = {t: recorded[t] for t in values if t in recorded}
         if input_name in values:
             value_map[input_name] = x_value
-        shape_map = {t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
-                     for t in shapes if t + SHAPE_SUFFIX in recorded}
+        shape_map = {
+            t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
+            for t in shapes
+            if t + SHAPE_SUFFIX in recorded
+        }
         if input_name in shapes:
             shape_map[input_name] = tuple(x.shape)
         return self._to_numpy(recorded[self.graph.logits_name]), value_map, shape_map
@@ -177,8 +203,10 @@ class CudaForwardRecorder(IoBindingRecorder):
     def session_for(self, model, threads: int | None = None):
         session = super().session_for(model, threads)
         if CUDA_PROVIDER not in session.get_providers():
-            raise unavailable(f"ONNX Runtime could not load {CUDA_PROVIDER} for the model",
-                               "check the CUDA/cuDNN libraries or use device='cpu'")
+            raise unavailable(
+                f"ONNX Runtime could not load {CUDA_PROVIDER} for the model",
+                "check the CUDA/cuDNN libraries or use device='cpu'",
+            )
         return session
 
     def _bind_input(self, binding, x):
@@ -188,8 +216,9 @@ class CudaForwardRecorder(IoBindingRecorder):
             return super()._bind_input(binding, x)[0], None
         x = cupy.ascontiguousarray(x, dtype=cupy.float32)
         cupy.cuda.get_current_stream().synchronize()  # ONNX Runtime reads on its own stream
-        binding.bind_input(self.graph.input_name, "cuda", self.device_id, np.float32,
-                           list(x.shape), x.data.ptr)
+        binding.bind_input(
+            self.graph.input_name, "cuda", self.device_id, np.float32, list(x.shape), x.data.ptr
+        )
         return x, x
 
     def run(self, x, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
@@ -220,7 +249,6 @@ def device_memory_used(device_id: int = 0) -> int:
     return int(total - free)
 
 
-
 class GpuMemoryMeter:
     """``with GpuMemoryMeter() as meter: ...`` → `meter.cupy_peak_bytes` (peak bytes held by
     CuPy arrays in the block) and `meter.device_used_bytes` (device-wide, at the end)."""
@@ -231,7 +259,7 @@ class GpuMemoryMeter:
         self.device_used_bytes = 0
         self._hook = None
 
-    def __enter__(self) -> "GpuMemoryMeter":
+    def __enter__(self) -> GpuMemoryMeter:
         from cupy.cuda import memory_hook
 
         meter = self

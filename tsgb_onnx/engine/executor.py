@@ -83,7 +83,8 @@ def _signals_per_input(step: Step, outs) -> list:
     if len(outs) > inputs:
         raise ModelError(
             f"rule {step.rule.label} returned {len(outs)} signals for node '{step.node.name}' "
-            f"({step.node.op_type}), which has {inputs} input(s)")
+            f"({step.node.op_type}), which has {inputs} input(s)"
+        )
     return outs + [None] * (inputs - len(outs))
 
 
@@ -92,8 +93,15 @@ def _zeros_like_tensor(ops, name: str, values: dict, shapes: dict):
     return ops.zeros(shape)
 
 
-def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
-                seed, consts: dict | None = None, tapped: dict | None = None) -> Any:
+def run_program(
+    program: Program,
+    ops,
+    values: dict[str, Any],
+    shapes: dict[str, tuple],
+    seed,
+    consts: dict | None = None,
+    tapped: dict | None = None,
+) -> Any:
     """Propagate `seed` (the signal at the logits) back to the program's layer.
 
     `values` is consumed: each forward tensor is dropped after its last use (the layer's
@@ -113,8 +121,7 @@ def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str,
         if all(g is None for g in grads):
             continue
         view = StepView(step, values, shapes, ops, consts)
-        outs = _signals_per_input(step, step.rule.fn(ops, step.node, view, grads,
-                                                     program.options))
+        outs = _signals_per_input(step, step.rule.fn(ops, step.node, view, grads, program.options))
         for name, g in zip(step.node.inputs, outs):
             if g is None or name not in step.produces:
                 continue
@@ -135,9 +142,16 @@ def run_program(program: Program, ops, values: dict[str, Any], shapes: dict[str,
     return signal
 
 
-def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict[str, tuple],
-                     seed, consts: dict | None = None, workers: int = 1,
-                     tapped: dict | None = None) -> Any:
+def run_program_rows(
+    program: Program,
+    ops,
+    values: dict[str, Any],
+    shapes: dict[str, tuple],
+    seed,
+    consts: dict | None = None,
+    workers: int = 1,
+    tapped: dict | None = None,
+) -> Any:
     """`run_program` on `workers` slices of the batch in parallel threads.
 
     Rows of a batch are independent, and array libraries release the GIL inside their
@@ -158,9 +172,14 @@ def run_program_rows(program: Program, ops, values: dict[str, Any], shapes: dict
     values.clear()  # the slices hold the only references now: released as steps finish
     part_taps: list[dict | None] = [{} if tapped is not None else None for _ in jobs]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(
-            lambda k: run_program(program, ops, jobs[k][0], jobs[k][1], jobs[k][2], consts,
-                                  part_taps[k]), range(len(jobs))))
+        parts = list(
+            pool.map(
+                lambda k: run_program(
+                    program, ops, jobs[k][0], jobs[k][1], jobs[k][2], consts, part_taps[k]
+                ),
+                range(len(jobs)),
+            )
+        )
     if tapped is not None:
         for t in program.taps:
             tapped[t] = ops.concat([p[t] for p in part_taps], 0)

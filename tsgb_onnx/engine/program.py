@@ -23,18 +23,20 @@ class Step:
 
     node: Node
     rule: Rule
-    reads: tuple[str, ...]          # forward tensors whose values the rule reads
-    shape_reads: tuple[str, ...]    # forward tensors whose shapes only it reads
-    consumes: tuple[str, ...]       # node outputs that carry a signal
-    produces: tuple[str, ...]       # node inputs that receive a signal
-    release: tuple[str, ...] = ()   # forward tensors not read by any later step
-    exposed: tuple[str, ...] = ()   # signals the caller reads (the layer, taps)
+    reads: tuple[str, ...]  # forward tensors whose values the rule reads
+    shape_reads: tuple[str, ...]  # forward tensors whose shapes only it reads
+    consumes: tuple[str, ...]  # node outputs that carry a signal
+    produces: tuple[str, ...]  # node inputs that receive a signal
+    release: tuple[str, ...] = ()  # forward tensors not read by any later step
+    exposed: tuple[str, ...] = ()  # signals the caller reads (the layer, taps)
 
     def __str__(self) -> str:
         reads = ", ".join(self.reads + tuple(f"shape({t})" for t in self.shape_reads)) or "-"
-        return (f"{self.node.op_type:<20} {self.rule.label:<34} "
-                f"{','.join(self.consumes)} -> {','.join(self.produces)}  reads: {reads}  "
-                f"[{self.node.name}]")
+        return (
+            f"{self.node.op_type:<20} {self.rule.label:<34} "
+            f"{','.join(self.consumes)} -> {','.join(self.produces)}  reads: {reads}  "
+            f"[{self.node.name}]"
+        )
 
 
 @dataclass
@@ -45,8 +47,8 @@ class Program:
     logits: str
     layer: str
     steps: list[Step]
-    record: tuple[str, ...]          # tensors the forward pass must return (values)
-    record_shapes: tuple[str, ...]   # tensors whose shapes the forward pass must return
+    record: tuple[str, ...]  # tensors the forward pass must return (values)
+    record_shapes: tuple[str, ...]  # tensors whose shapes the forward pass must return
     options: dict = field(default_factory=dict)
     batch_major: bool = False  # every recorded tensor has the input's batch axis first
     taps: tuple[str, ...] = ()  # tensors whose complete signal the executor also returns
@@ -60,8 +62,10 @@ class Program:
         return len(self.steps)
 
     def __str__(self) -> str:
-        head = (f"program '{self.method}': {len(self.steps)} steps, {self.logits} -> {self.layer}; "
-                f"records {len(self.record)} tensors and {len(self.record_shapes)} shapes")
+        head = (
+            f"program '{self.method}': {len(self.steps)} steps, {self.logits} -> {self.layer}; "
+            f"records {len(self.record)} tensors and {len(self.record_shapes)} shapes"
+        )
         return "\n".join([head] + [f"{i:4d}  {s}" for i, s in enumerate(self.steps)])
 
 
@@ -71,10 +75,13 @@ def _reaching(graph: Graph, start: str, forward: bool) -> set[str]:
     stack = [start]
     while stack:
         t = stack.pop()
-        nodes = graph.consumers.get(t, []) if forward else (
-            [graph.producer[t]] if t in graph.producer else [])
+        nodes = (
+            graph.consumers.get(t, [])
+            if forward
+            else ([graph.producer[t]] if t in graph.producer else [])
+        )
         for n in nodes:
-            for nxt in (n.outputs if forward else n.inputs):
+            for nxt in n.outputs if forward else n.inputs:
                 if nxt and nxt not in seen and graph.is_float(nxt):
                     seen.add(nxt)
                     stack.append(nxt)
@@ -107,8 +114,9 @@ def _expand_reads(rule: Rule, node: Node) -> tuple[list[str], list[str]]:
 def live_tensors(graph: Graph, layer: str | None = None) -> set[str]:
     """Float tensors on a path from `layer` (default: the input) to the logits."""
     layer = layer or graph.input_name
-    return (_reaching(graph, layer, forward=True)
-            & _reaching(graph, graph.logits_name, forward=False))
+    return _reaching(graph, layer, forward=True) & _reaching(
+        graph, graph.logits_name, forward=False
+    )
 
 
 def _check_tensor(graph: Graph, name: str) -> None:
@@ -118,8 +126,13 @@ def _check_tensor(graph: Graph, name: str) -> None:
         raise ModelError(f"layer '{name}' is not a floating-point tensor")
 
 
-def plan(graph: Graph, method: RuleSource, options: dict, layer: str | None = None,
-         taps: tuple[str, ...] = ()) -> Program:
+def plan(
+    graph: Graph,
+    method: RuleSource,
+    options: dict,
+    layer: str | None = None,
+    taps: tuple[str, ...] = (),
+) -> Program:
     """Build the reverse program of `method` from the logits back to `layer`.
 
     `taps` are further tensors whose complete signals the same backward pass returns
@@ -137,8 +150,11 @@ def plan(graph: Graph, method: RuleSource, options: dict, layer: str | None = No
         live |= reach
 
     method.before_plan(graph, options)
-    active = [n for n in graph.nodes if any(o in live for o in n.outputs)
-              and any(i in live for i in n.inputs)]
+    active = [
+        n
+        for n in graph.nodes
+        if any(o in live for o in n.outputs) and any(i in live for i in n.inputs)
+    ]
     rules: list[tuple[Node, Rule]] = []
     missing: list[tuple[str, str]] = []
     for node in active:
@@ -161,27 +177,40 @@ def plan(graph: Graph, method: RuleSource, options: dict, layer: str | None = No
     steps = []
     for i, (node, rule, values, shapes) in enumerate(raw):
         shapes = [t for t in dict.fromkeys(shapes) if t not in values]
-        steps.append(Step(
-            node=node, rule=rule,
-            reads=tuple(dict.fromkeys(values)),
-            shape_reads=tuple(shapes),
-            consumes=tuple(o for o in node.outputs if o in live),
-            produces=tuple(dict.fromkeys(t for t in node.inputs if t in live)),
-            release=tuple(t for t in dict.fromkeys(values)
-                          if last_use[t] == i and t not in kept),
-            exposed=(layer, *taps),
-        ))
+        steps.append(
+            Step(
+                node=node,
+                rule=rule,
+                reads=tuple(dict.fromkeys(values)),
+                shape_reads=tuple(shapes),
+                consumes=tuple(o for o in node.outputs if o in live),
+                produces=tuple(dict.fromkeys(t for t in node.inputs if t in live)),
+                release=tuple(
+                    t for t in dict.fromkeys(values) if last_use[t] == i and t not in kept
+                ),
+                exposed=(layer, *taps),
+            )
+        )
     # the layer's and the taps' values are kept to the end: the saliency is
     # sum_c signal * value (a reference method: signal * (value - reference value))
     kept_values = [layer, *taps]
     if method.needs_reference:
         kept_values += [REFERENCE + t for t in (layer, *taps)]
     record = tuple(dict.fromkeys(kept_values + [t for s in steps for t in s.reads]))
-    record_shapes = tuple(dict.fromkeys(
-        t for s in steps for t in s.shape_reads if t not in record))
+    record_shapes = tuple(dict.fromkeys(t for s in steps for t in s.shape_reads if t not in record))
     batch = (graph.input_shape or (None,))[0]
     batch_major = isinstance(batch, str) and all(
         (graph.shapes.get(t.removeprefix(REFERENCE)) or (None,))[0] == batch
-        for t in (graph.logits_name,) + record + record_shapes)
-    return Program(method.name, graph.logits_name, layer, steps, record, record_shapes, options,
-                   batch_major, taps)
+        for t in (graph.logits_name,) + record + record_shapes
+    )
+    return Program(
+        method.name,
+        graph.logits_name,
+        layer,
+        steps,
+        record,
+        record_shapes,
+        options,
+        batch_major,
+        taps,
+    )

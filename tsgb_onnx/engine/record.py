@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -31,10 +31,13 @@ def recording_model(graph: Graph, values: Sequence[str], shapes: Sequence[str]) 
     model.CopyFrom(graph.model)
     g = model.graph
     del g.output[:]
-    wanted = [graph.logits_name] + [t for t in values if t not in (graph.logits_name, graph.input_name)]
+    wanted = [graph.logits_name] + [
+        t for t in values if t not in (graph.logits_name, graph.input_name)
+    ]
     for t in dict.fromkeys(wanted):
-        g.output.append(helper.make_tensor_value_info(
-            t, graph.dtypes.get(t, onnx.TensorProto.FLOAT), None))
+        g.output.append(
+            helper.make_tensor_value_info(t, graph.dtypes.get(t, onnx.TensorProto.FLOAT), None)
+        )
     for t in dict.fromkeys(shapes):
         if t == graph.input_name:
             continue
@@ -74,13 +77,14 @@ class ForwardRecorder:
                 )
         options = ort.SessionOptions()
         options.log_severity_level = 3  # an explainer's optional `target` input is an
-        if threads:                     # initializer, which ORT would warn about
+        if threads:  # initializer, which ORT would warn about
             options.intra_op_num_threads = threads
         if not self.optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(model.SerializeToString(), options,
-                                        providers=self.providers)
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=self.providers
+            )
         except Exception as exc:
             raise TsgbError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
@@ -89,7 +93,9 @@ class ForwardRecorder:
         try:
             return session.run(names, feeds)
         except Exception as exc:
-            raise TsgbError(f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}") from exc
+            raise TsgbError(
+                f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}"
+            ) from exc
 
     def run(self, x: np.ndarray, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
         """Forward `x`; return (logits, {tensor: value}, {tensor: shape})."""
@@ -100,8 +106,11 @@ class ForwardRecorder:
         value_map = {t: recorded[t] for t in values if t in recorded}
         if self.graph.input_name in values:
             value_map[self.graph.input_name] = x
-        shape_map = {t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
-                     for t in shapes if t + SHAPE_SUFFIX in recorded}
+        shape_map = {
+            t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
+            for t in shapes
+            if t + SHAPE_SUFFIX in recorded
+        }
         if self.graph.input_name in shapes:
             shape_map[self.graph.input_name] = tuple(x.shape)
         return recorded[self.graph.logits_name], value_map, shape_map

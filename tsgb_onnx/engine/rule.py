@@ -9,12 +9,12 @@ reference input). Constant inputs never need recording: rules get them from ``no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from tsgb_onnx.engine.ops import RuleFn
 from tsgb_onnx.ir.graph import Graph, Node
-
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from tsgb_onnx.errors import InputError
-from tsgb_onnx.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, fit_image, load_rgb, to_tensor
+from tsgb_onnx.io.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    fit_image,
+    load_rgb,
+    to_tensor,
+)
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -40,8 +47,8 @@ class Annotation:
 
 @dataclass
 class Dataset:
-    x: np.ndarray                      # [N, C, H, W] model inputs
-    rgb: list                          # uint8 [H, W, 3] per image as fed (for display)
+    x: np.ndarray  # [N, C, H, W] model inputs
+    rgb: list  # uint8 [H, W, 3] per image as fed (for display)
     names: list[str]
     objects: list[list[Annotation]]
     name: str = "data"
@@ -57,10 +64,17 @@ def synthetic(count: int = 32, seed: int = 7) -> Dataset:
 
     items = scenes.make_scenes(count, seed=seed)
     rgb = [s.rgb for s in items]
-    objects = [[Annotation(scenes.CLASSES[o.label], (o.label,), o.box, o.mask) for o in s.objects]
-               for s in items]
-    return Dataset(scenes.to_input(np.stack(rgb)), rgb, [f"scene{i}" for i in range(count)],
-                   objects, name=f"synthetic:{count}:{seed}")
+    objects = [
+        [Annotation(scenes.CLASSES[o.label], (o.label,), o.box, o.mask) for o in s.objects]
+        for s in items
+    ]
+    return Dataset(
+        scenes.to_input(np.stack(rgb)),
+        rgb,
+        [f"scene{i}" for i in range(count)],
+        objects,
+        name=f"synthetic:{count}:{seed}",
+    )
 
 
 # --------------------------------------------------------------------------- geometry
@@ -135,13 +149,18 @@ def _image(entry: dict, base: Path, where: str) -> tuple[np.ndarray, str]:
     return load_rgb(path), path.stem
 
 
-def from_manifest(table: dict, base: Path, size: int | None = None, name: str = "manifest") -> Dataset:
+def from_manifest(
+    table: dict, base: Path, size: int | None = None, name: str = "manifest"
+) -> Dataset:
     """A data set from a parsed manifest (see the module docstring); paths relative to `base`."""
     pre = dict(table.get("preprocess", {}))
-    prep = Preprocessing(size=int(pre.get("size", size or 224)),
-                         mean=tuple(pre.get("mean", IMAGENET_MEAN)),
-                         std=tuple(pre.get("std", IMAGENET_STD)),
-                         layout="nchw", crop=bool(pre.get("crop", False)))  # NCHW here;
+    prep = Preprocessing(
+        size=int(pre.get("size", size or 224)),
+        mean=tuple(pre.get("mean", IMAGENET_MEAN)),
+        std=tuple(pre.get("std", IMAGENET_STD)),
+        layout="nchw",
+        crop=bool(pre.get("crop", False)),
+    )  # NCHW here;
     # evaluate() transposes for channels-last models
     labels = table.get("labels", {})
     images = table.get("images")
@@ -166,15 +185,30 @@ def from_manifest(table: dict, base: Path, size: int | None = None, name: str = 
                 if not mpath.exists():
                     raise InputError(f"{ow}: mask '{mpath}' does not exist")
                 mask = _map_mask(load_rgb(mpath)[..., 0], prep)
-            annos.append(Annotation(str(obj.get("label", obj.get("class", j))),
-                                    _classes(obj, labels, ow), box, mask))
+            annos.append(
+                Annotation(
+                    str(obj.get("label", obj.get("class", j))), _classes(obj, labels, ow), box, mask
+                )
+            )
         xs.append(to_tensor(fitted, prep))
         shown.append(fitted)
         names.append(entry.get("name", stem))
         objects.append(annos)
-    return Dataset(np.concatenate(xs), shown, names, objects, name=name,
-                   meta={"preprocess": {"size": prep.size, "mean": list(prep.mean),
-                                        "std": list(prep.std), "crop": prep.crop}})
+    return Dataset(
+        np.concatenate(xs),
+        shown,
+        names,
+        objects,
+        name=name,
+        meta={
+            "preprocess": {
+                "size": prep.size,
+                "mean": list(prep.mean),
+                "std": list(prep.std),
+                "crop": prep.crop,
+            }
+        },
+    )
 
 
 def _from_csv(path: Path, size: int | None) -> Dataset:
@@ -184,16 +218,22 @@ def _from_csv(path: Path, size: int | None) -> Dataset:
             where = f"'{path}' line {row_no}"
             if not row.get("file") or not row.get("classes"):
                 raise InputError(f"{where}: needs columns file and classes")
-            obj = {"label": row.get("label") or row["classes"],
-                   "classes": [int(c) for c in row["classes"].split("|")]}
+            obj = {
+                "label": row.get("label") or row["classes"],
+                "classes": [int(c) for c in row["classes"].split("|")],
+            }
             coords = [row.get(k) for k in ("x0", "y0", "x1", "y1")]
             if all(c not in (None, "") for c in coords):
                 try:
                     obj["box"] = [int(float(c)) for c in coords]
                 except ValueError:
                     raise InputError(f"{where}: box values must be numbers") from None
-            images.setdefault(row["file"], {"file": row["file"], "objects": []})["objects"].append(obj)
-    return from_manifest({"images": list(images.values())}, path.parent, size, name=str(path.parent))
+            images.setdefault(row["file"], {"file": row["file"], "objects": []})["objects"].append(
+                obj
+            )
+    return from_manifest(
+        {"images": list(images.values())}, path.parent, size, name=str(path.parent)
+    )
 
 
 def load_dataset(spec: str | Path, size: int | None = None) -> Dataset:
@@ -205,7 +245,9 @@ def load_dataset(spec: str | Path, size: int | None = None) -> Dataset:
             count = int(parts[0]) if parts and parts[0] else 32
             seed = int(parts[1]) if len(parts) > 1 else 7
         except ValueError:
-            raise InputError(f"synthetic data set spec is synthetic[:COUNT[:SEED]], got '{text}'") from None
+            raise InputError(
+                f"synthetic data set spec is synthetic[:COUNT[:SEED]], got '{text}'"
+            ) from None
         if count <= 0:
             raise InputError(f"synthetic data set needs a positive count, got {count}")
         return synthetic(count, seed)
@@ -222,8 +264,10 @@ def load_dataset(spec: str | Path, size: int | None = None) -> Dataset:
                 return from_manifest(_read_table(label_file), path, size, name=str(path))
         raise InputError(f"data folder '{path}' holds no labels.json, labels.toml or labels.csv")
     if not path.exists():
-        raise InputError(f"data set '{text}' does not exist (give a manifest .json/.toml, a folder "
-                         "with a labels file, 'synthetic[:COUNT[:SEED]]' or 'skimage')")
+        raise InputError(
+            f"data set '{text}' does not exist (give a manifest .json/.toml, a folder "
+            "with a labels file, 'synthetic[:COUNT[:SEED]]' or 'skimage')"
+        )
     if path.suffix.lower() not in (".json", ".toml"):
         raise InputError(f"data set '{text}': a manifest must end in .json or .toml")
     return from_manifest(_read_table(path), path.parent, size, name=str(path))

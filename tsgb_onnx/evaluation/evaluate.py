@@ -21,37 +21,41 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
+from tsgb_onnx.errors import InputError, TsgbError
 from tsgb_onnx.evaluation import metrics as M
 from tsgb_onnx.evaluation.datasets import Dataset, load_dataset
-from tsgb_onnx.errors import InputError, TsgbError
 from tsgb_onnx.io.progress import Progress
 
 METRICS = ("pointing", "localization", "deletion", "insertion", "class_sensitivity", "sanity")
 # table columns: (key, header, better)
-COLUMNS = (("pointing", "pointing game ↑", "higher"), ("loc_error", "loc. error ↓", "lower"),
-           ("deletion", "deletion AUC ↓", "lower"), ("insertion", "insertion AUC ↑", "higher"),
-           ("class_sensitivity", "class sensitivity ↓", "lower"),
-           ("sanity_cascading", "sanity cascading ↓", "lower"),
-           ("sanity_independent", "sanity independent ↓", "lower"),
-           ("images_per_s", "images/s ↑", "higher"))
+COLUMNS = (
+    ("pointing", "pointing game ↑", "higher"),
+    ("loc_error", "loc. error ↓", "lower"),
+    ("deletion", "deletion AUC ↓", "lower"),
+    ("insertion", "insertion AUC ↑", "higher"),
+    ("class_sensitivity", "class sensitivity ↓", "lower"),
+    ("sanity_cascading", "sanity cascading ↓", "lower"),
+    ("sanity_independent", "sanity independent ↓", "lower"),
+    ("images_per_s", "images/s ↑", "higher"),
+)
 
 
 @dataclass
 class Settings:
     """Protocol settings (defaults follow the papers)."""
 
-    batch_size: int = 32          # images per explain call
-    predict_batch: int = 256      # perturbed images per forward call (deletion/insertion)
-    step: float = 0.01            # share of pixels per deletion/insertion step
-    score: str = "softmax"        # target score in deletion/insertion: softmax or sigmoid
+    batch_size: int = 32  # images per explain call
+    predict_batch: int = 256  # perturbed images per forward call (deletion/insertion)
+    step: float = 0.01  # share of pixels per deletion/insertion step
+    score: str = "softmax"  # target score in deletion/insertion: softmax or sigmoid
     tolerance: float | None = None  # pointing tolerance in pixels; None: 15 px at 224, scaled
-    component: str = "largest"    # localization box: largest connected region, or all pixels
-    sanity_samples: int = 8       # samples re-explained per randomized model
+    component: str = "largest"  # localization box: largest connected region, or all pixels
+    sanity_samples: int = 8  # samples re-explained per randomized model
     seed: int = 0
     progress: bool = False
     backend: str = "auto"
@@ -61,20 +65,20 @@ class Settings:
 class Samples:
     """One (image, target) pair per annotated class of an image."""
 
-    image: np.ndarray       # [S] image index
-    target: np.ndarray      # [S] class index explained
-    label: list             # [S] class name (pointing game groups by it)
-    boxes: list             # [S] list of boxes of that class in the image
-    mask: list              # [S] union mask or None
+    image: np.ndarray  # [S] image index
+    target: np.ndarray  # [S] class index explained
+    label: list  # [S] class name (pointing game groups by it)
+    boxes: list  # [S] list of boxes of that class in the image
+    mask: list  # [S] union mask or None
 
 
 @dataclass
 class MethodResult:
     method: str
-    values: dict = field(default_factory=dict)      # summary metrics
-    details: dict = field(default_factory=dict)     # per class / per layer / per sample
+    values: dict = field(default_factory=dict)  # summary metrics
+    details: dict = field(default_factory=dict)  # per class / per layer / per sample
     error: str | None = None
-    maps: np.ndarray | None = None                  # [S, H, W] (not in the JSON)
+    maps: np.ndarray | None = None  # [S, H, W] (not in the JSON)
 
 
 @dataclass
@@ -91,14 +95,24 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model, "data": self.data, "images": self.images,
-            "samples": len(self.samples.target), "metrics": list(self.metrics),
+            "model": self.model,
+            "data": self.data,
+            "images": self.images,
+            "samples": len(self.samples.target),
+            "metrics": list(self.metrics),
             "settings": dict(vars(self.settings)),
             "inference_images_per_s": _round(self.inference_images_per_s),
-            "methods": {r.method: ({"error": r.error} if r.error else
-                                   {"values": {k: _round(v) for k, v in r.values.items()},
-                                    "details": _jsonable(r.details)})
-                        for r in self.results},
+            "methods": {
+                r.method: (
+                    {"error": r.error}
+                    if r.error
+                    else {
+                        "values": {k: _round(v) for k, v in r.values.items()},
+                        "details": _jsonable(r.details),
+                    }
+                )
+                for r in self.results
+            },
         }
 
     def table(self) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]], list[str]]:
@@ -106,7 +120,9 @@ class Evaluation:
         cols = [c for c in COLUMNS if any(c[0] in r.values for r in self.results)]
         best = {}
         for key, _, better in cols:
-            vals = [r.values[key] for r in self.results if key in r.values and _finite(r.values[key])]
+            vals = [
+                r.values[key] for r in self.results if key in r.values and _finite(r.values[key])
+            ]
             if vals:
                 best[key] = max(vals) if better == "higher" else min(vals)
         rows = []
@@ -129,8 +145,9 @@ class Evaluation:
         lines.append("| method | " + " | ".join(headers) + " |")
         lines.append("|---|" + "---:|" * len(headers))
         for method, cells in rows:
-            lines.append(f"| {method} | "
-                         + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |")
+            lines.append(
+                f"| {method} | " + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |"
+            )
         if errors:
             lines.append("")
             lines += [f"* {e}" for e in errors]
@@ -141,12 +158,20 @@ class Evaluation:
         from html import escape
 
         headers, rows, errors = self.table()
-        out = ["<table class=results><tr><th>method</th>"
-               + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"]
+        out = [
+            "<table class=results><tr><th>method</th>"
+            + "".join(f"<th>{escape(h)}</th>" for h in headers)
+            + "</tr>"
+        ]
         for method, cells in rows:
-            out.append(f"<tr><td>{escape(method)}</td>" + "".join(
-                f"<td class=num>{'<b>' if bold else ''}{escape(t)}{'</b>' if bold else ''}</td>"
-                for t, bold in cells) + "</tr>")
+            out.append(
+                f"<tr><td>{escape(method)}</td>"
+                + "".join(
+                    f"<td class=num>{'<b>' if bold else ''}{escape(t)}{'</b>' if bold else ''}</td>"
+                    for t, bold in cells
+                )
+                + "</tr>"
+            )
         out.append("</table>")
         out += [f"<p class=fail>{escape(e)}</p>" for e in errors]
         return "".join(out)
@@ -199,8 +224,10 @@ def make_samples(dataset: Dataset, logits: np.ndarray) -> Samples:
             cls = sorted({c for o in group for c in o.classes})
             bad = [c for c in cls if not 0 <= c < classes]
             if bad:
-                raise InputError(f"data set image '{dataset.names[i]}': class {bad[0]} of "
-                                 f"'{name}' is out of range (the model has {classes} classes)")
+                raise InputError(
+                    f"data set image '{dataset.names[i]}': class {bad[0]} of "
+                    f"'{name}' is out of range (the model has {classes} classes)"
+                )
             masks = [o.mask for o in group if o.mask is not None]
             image.append(i)
             target.append(max(cls, key=lambda c: logits[i, c]))
@@ -240,17 +267,23 @@ def parse_methods(methods: Sequence[str] | str | None) -> list[str]:
     return list(methods)
 
 
-def evaluate(model, data: Dataset | str, methods: Sequence[str] | str | None = None,
-             metrics: Sequence[str] | str | None = None, options: dict | None = None,
-             settings: Settings | None = None, output: str | None = None,
-             strict: bool = False) -> Evaluation:
+def evaluate(
+    model,
+    data: Dataset | str,
+    methods: Sequence[str] | str | None = None,
+    metrics: Sequence[str] | str | None = None,
+    options: dict | None = None,
+    settings: Settings | None = None,
+    output: str | None = None,
+    strict: bool = False,
+) -> Evaluation:
     """Run `methods` (default: every registered one) on `data` and compute `metrics`.
 
     options: {method: {option: value}}. A method that fails on this model is reported with
     its error (or raised when `strict`).
     """
-    from tsgb_onnx.ir.graph import build_graph
     from tsgb_onnx.engine.record import ForwardRecorder
+    from tsgb_onnx.ir.graph import build_graph
 
     settings = settings or Settings()
     metric_list = parse_metrics(metrics)
@@ -268,16 +301,28 @@ def evaluate(model, data: Dataset | str, methods: Sequence[str] | str | None = N
         return recorder.infer(to_model(np.asarray(batch, dtype=np.float32)))
 
     start = time.perf_counter()
-    logits = np.concatenate(_batched(lambda s: predict(dataset.x[s]), len(dataset),
-                                     settings.predict_batch))
+    logits = np.concatenate(
+        _batched(lambda s: predict(dataset.x[s]), len(dataset), settings.predict_batch)
+    )
     infer_rate = len(dataset) / max(time.perf_counter() - start, 1e-9)
     samples = make_samples(dataset, logits)
     results = []
     for name in method_list:
         try:
-            results.append(_evaluate_method(model, name, (options or {}).get(name, {}), dataset,
-                                            samples, metric_list, settings, predict, output,
-                                            to_model))
+            results.append(
+                _evaluate_method(
+                    model,
+                    name,
+                    (options or {}).get(name, {}),
+                    dataset,
+                    samples,
+                    metric_list,
+                    settings,
+                    predict,
+                    output,
+                    to_model,
+                )
+            )
         except TsgbError as exc:
             if strict:
                 raise
@@ -287,12 +332,22 @@ def evaluate(model, data: Dataset | str, methods: Sequence[str] | str | None = N
                 raise TsgbError(f"method '{name}' failed: {type(exc).__name__}: {exc}") from exc
             results.append(MethodResult(name, error=f"{type(exc).__name__}: {exc}"))
     label = model if isinstance(model, str) else getattr(model, "name", "model")
-    return Evaluation(str(label), dataset.name, len(dataset), samples, settings, metric_list,
-                      results, dataset, infer_rate)
+    return Evaluation(
+        str(label),
+        dataset.name,
+        len(dataset),
+        samples,
+        settings,
+        metric_list,
+        results,
+        dataset,
+        infer_rate,
+    )
 
 
-def _evaluate_method(model, name, opts, dataset, samples, metric_list, st: Settings, predict,
-                     output, to_model) -> MethodResult:
+def _evaluate_method(
+    model, name, opts, dataset, samples, metric_list, st: Settings, predict, output, to_model
+) -> MethodResult:
     """Explain every sample with method `name` and compute the metrics (x kept NCHW here;
     `to_model` converts a batch to the model's layout)."""
     from tsgb_onnx.explainer import Explainer
@@ -317,30 +372,46 @@ def _evaluate_method(model, name, opts, dataset, samples, metric_list, st: Setti
     v["nan_maps"] = int((~finite).sum())
     spatial = dataset.x.shape[2:]
     if maps.shape[1:] != spatial:
-        raise InputError(f"method '{name}' gives maps of shape {maps.shape[1:]}, not the image's "
-                         f"{spatial}")
+        raise InputError(
+            f"method '{name}' gives maps of shape {maps.shape[1:]}, not the image's {spatial}"
+        )
     if "pointing" in metric_list:
         tol = st.tolerance if st.tolerance is not None else 15.0 * min(maps.shape[1:]) / 224
-        hits = [M.pointing_hit(s, b, m, tol) if (b or m is not None) else None
-                for s, b, m in zip(maps, samples.boxes, samples.mask)]
+        hits = [
+            M.pointing_hit(s, b, m, tol) if (b or m is not None) else None
+            for s, b, m in zip(maps, samples.boxes, samples.mask)
+        ]
         scored = [(h, lab) for h, lab in zip(hits, samples.label) if h is not None]
-        v["pointing"], d["pointing_per_class"] = M.pointing_game([h for h, _ in scored],
-                                                                 [lab for _, lab in scored])
+        v["pointing"], d["pointing_per_class"] = M.pointing_game(
+            [h for h, _ in scored], [lab for _, lab in scored]
+        )
         d["pointing_tolerance"], d["pointing_hits"] = tol, hits
     if "localization" in metric_list:
         keep = [i for i, b in enumerate(samples.boxes) if b]
         if keep:
-            loc = M.localization_error([maps[i] for i in keep], [samples.boxes[i] for i in keep],
-                                       samples.image[keep], component=st.component, seed=st.seed)
+            loc = M.localization_error(
+                [maps[i] for i in keep],
+                [samples.boxes[i] for i in keep],
+                samples.image[keep],
+                component=st.component,
+                seed=st.seed,
+            )
             v["loc_error"] = loc.error
             d["loc_threshold"], d["loc_held_out_error"] = loc.threshold, loc.held_out_error
             d["loc_component"] = st.component
     for mode in ("deletion", "insertion"):
         if mode in metric_list:
-            res = M.perturbation(predict, dataset.x[samples.image], np.nan_to_num(maps),
-                                 samples.target, mode=mode,
-                                 step=st.step, score=st.score, batch_size=st.predict_batch,
-                                 progress=st.progress)
+            res = M.perturbation(
+                predict,
+                dataset.x[samples.image],
+                np.nan_to_num(maps),
+                samples.target,
+                mode=mode,
+                step=st.step,
+                score=st.score,
+                batch_size=st.predict_batch,
+                progress=st.progress,
+            )
             v[mode] = float(res.auc.mean())
             d[f"{mode}_auc"] = res.auc
     if "class_sensitivity" in metric_list:
@@ -350,10 +421,30 @@ def _evaluate_method(model, name, opts, dataset, samples, metric_list, st: Setti
     if "sanity" in metric_list:
         k = min(n, st.sanity_samples)
         args = {"output": output, "backend": st.backend}
-        layers, casc = M.sanity_check(model, name, x[:k], samples.target[:k], maps[:k],
-                                      "cascading", opts, st.seed, args, st.progress)
-        _, ind = M.sanity_check(model, name, x[:k], samples.target[:k], maps[:k],
-                                "independent", opts, st.seed, args, st.progress)
+        layers, casc = M.sanity_check(
+            model,
+            name,
+            x[:k],
+            samples.target[:k],
+            maps[:k],
+            "cascading",
+            opts,
+            st.seed,
+            args,
+            st.progress,
+        )
+        _, ind = M.sanity_check(
+            model,
+            name,
+            x[:k],
+            samples.target[:k],
+            maps[:k],
+            "independent",
+            opts,
+            st.seed,
+            args,
+            st.progress,
+        )
         if layers:
             v["sanity_cascading"] = float(casc[-1].mean())
             v["sanity_independent"] = float(ind.mean())

@@ -8,8 +8,8 @@ All functions work on NumPy arrays; the model is called through `predict(x) -> l
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -102,10 +102,18 @@ class PerturbationResult:
     fractions: np.ndarray
 
 
-def perturbation(predict: Predict, x: np.ndarray, saliency: np.ndarray, targets: np.ndarray,
-                 mode: str = "deletion", step: float = 0.01, substrate="blur",
-                 score: str = "softmax", batch_size: int = 128,
-                 progress: bool = False) -> PerturbationResult:
+def perturbation(
+    predict: Predict,
+    x: np.ndarray,
+    saliency: np.ndarray,
+    targets: np.ndarray,
+    mode: str = "deletion",
+    step: float = 0.01,
+    substrate="blur",
+    score: str = "softmax",
+    batch_size: int = 128,
+    progress: bool = False,
+) -> PerturbationResult:
     """RISE deletion / insertion: change `step` of the pixels per step in saliency order.
 
     Deletion replaces the most salient pixels of the image with the substrate (a blurred copy
@@ -146,19 +154,31 @@ def perturbation(predict: Predict, x: np.ndarray, saliency: np.ndarray, targets:
             first, second = (base[i], x[i]) if mode == "deletion" else (x[i], base[i])
             images.append(np.where(changed, first[None], second[None]))
         batch = np.concatenate(images, axis=0)
-        logits = np.concatenate([np.asarray(predict(batch[j:j + batch_size]))
-                                 for j in range(0, len(batch), batch_size)], axis=0)
+        logits = np.concatenate(
+            [
+                np.asarray(predict(batch[j : j + batch_size]))
+                for j in range(0, len(batch), batch_size)
+            ],
+            axis=0,
+        )
         tgt = np.repeat(targets[idx], steps + 1)
         curves[idx] = class_scores(logits, tgt, score).reshape(len(idx), steps + 1)
         bar.update(len(idx))
-    auc = np.trapezoid(curves, fractions, axis=1) if hasattr(np, "trapezoid") else \
-        np.trapz(curves, fractions, axis=1)
+    auc = (
+        np.trapezoid(curves, fractions, axis=1)
+        if hasattr(np, "trapezoid")
+        else np.trapz(curves, fractions, axis=1)
+    )
     return PerturbationResult(np.asarray(auc, dtype=np.float64), curves, fractions)
 
 
 # --------------------------------------------------------------------------- pointing game
-def pointing_hit(saliency: np.ndarray, boxes: Sequence[Box] = (), mask: np.ndarray | None = None,
-                 tolerance: float = 0.0) -> bool:
+def pointing_hit(
+    saliency: np.ndarray,
+    boxes: Sequence[Box] = (),
+    mask: np.ndarray | None = None,
+    tolerance: float = 0.0,
+) -> bool:
     """A hit if the map's arg-max lies within `tolerance` pixels of a box or of the mask.
 
     A map without a maximum (constant, or not finite) is a miss.
@@ -252,8 +272,13 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def localized(saliency: np.ndarray, boxes: Sequence[Box], threshold: float,
-              component: str = "largest", iou: float = 0.5) -> bool:
+def localized(
+    saliency: np.ndarray,
+    boxes: Sequence[Box],
+    threshold: float,
+    component: str = "largest",
+    iou: float = 0.5,
+) -> bool:
     """True when the map's box overlaps a ground-truth box with IoU >= `iou`."""
     box = saliency_box(saliency, threshold, component)
     return box is not None and any(box_iou(box, gt) >= iou for gt in boxes)
@@ -264,17 +289,22 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
 
 @dataclass
 class LocalizationResult:
-    error: float            # on the test split, at `threshold`
-    threshold: float        # chosen on the held-out split
+    error: float  # on the test split, at `threshold`
+    threshold: float  # chosen on the held-out split
     held_out_error: float
-    correct: np.ndarray     # per sample, at `threshold` (all samples)
-    test: np.ndarray        # boolean: sample belongs to the test split
+    correct: np.ndarray  # per sample, at `threshold` (all samples)
+    test: np.ndarray  # boolean: sample belongs to the test split
 
 
-def localization_error(saliency: Sequence[np.ndarray], boxes: Sequence[Sequence[Box]],
-                       groups: Sequence[int] | None = None, thresholds=THRESHOLDS,
-                       component: str = "largest", held_out: float = 0.5,
-                       seed: int = 0) -> LocalizationResult:
+def localization_error(
+    saliency: Sequence[np.ndarray],
+    boxes: Sequence[Sequence[Box]],
+    groups: Sequence[int] | None = None,
+    thresholds=THRESHOLDS,
+    component: str = "largest",
+    held_out: float = 0.5,
+    seed: int = 0,
+) -> LocalizationResult:
     """Localization error (1 - fraction with IoU >= 0.5), threshold searched on a held-out split.
 
     Samples are split by `groups` (e.g. the image index, so one image's samples stay together):
@@ -283,8 +313,10 @@ def localization_error(saliency: Sequence[np.ndarray], boxes: Sequence[Sequence[
     """
     n = len(saliency)
     groups = np.arange(n) if groups is None else np.asarray(groups)
-    table = np.array([[localized(s, b, t, component) for s, b in zip(saliency, boxes)]
-                      for t in thresholds], dtype=bool).reshape(len(thresholds), n)
+    table = np.array(
+        [[localized(s, b, t, component) for s, b in zip(saliency, boxes)] for t in thresholds],
+        dtype=bool,
+    ).reshape(len(thresholds), n)
     unique = np.unique(groups)
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(unique)[: int(round(held_out * len(unique)))]
@@ -294,17 +326,24 @@ def localization_error(saliency: Sequence[np.ndarray], boxes: Sequence[Sequence[
         calib = test = np.ones(n, dtype=bool)
     errors = 1.0 - table[:, calib].mean(axis=1)
     best = int(np.argmin(errors))
-    return LocalizationResult(error=float(1.0 - table[best, test].mean()),
-                              threshold=float(thresholds[best]), held_out_error=float(errors[best]),
-                              correct=table[best], test=test)
+    return LocalizationResult(
+        error=float(1.0 - table[best, test].mean()),
+        threshold=float(thresholds[best]),
+        held_out_error=float(errors[best]),
+        correct=table[best],
+        test=test,
+    )
 
 
 # --------------------------------------------------------------------------- randomization
 def randomizable_layers(model) -> list[str]:
     """Names of the Conv/Gemm/MatMul nodes with weight initializers, from the output down."""
     inits = {t.name for t in model.graph.initializer}
-    names = [node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node)
-             if node.op_type in RANDOMIZED_OPS and any(v in inits for v in node.input[:2])]
+    names = [
+        node.name or f"{node.op_type}_{i}"
+        for i, node in enumerate(model.graph.node)
+        if node.op_type in RANDOMIZED_OPS and any(v in inits for v in node.input[:2])
+    ]
     return names[::-1]
 
 
@@ -335,10 +374,19 @@ def randomize_layers(model, layers: Sequence[str], seed: int = 0):
     return out
 
 
-def sanity_check(model, method: str, x: np.ndarray, targets: np.ndarray, original: np.ndarray,
-                 mode: str = "cascading", options: dict | None = None, seed: int = 0,
-                 explainer_args: dict | None = None, progress: bool = False,
-                 absolute: bool = True):
+def sanity_check(
+    model,
+    method: str,
+    x: np.ndarray,
+    targets: np.ndarray,
+    original: np.ndarray,
+    mode: str = "cascading",
+    options: dict | None = None,
+    seed: int = 0,
+    explainer_args: dict | None = None,
+    progress: bool = False,
+    absolute: bool = True,
+):
     """Spearman correlation between `original` maps and maps of randomized models.
 
     mode="cascading": the top k layers randomized, k = 1..L; "independent": one layer at a
@@ -347,6 +395,7 @@ def sanity_check(model, method: str, x: np.ndarray, targets: np.ndarray, origina
     correlations [L, N]).
     """
     from tsgb_onnx.explainer import Explainer
+
     if mode not in ("cascading", "independent"):
         raise InputError(f"sanity mode must be 'cascading' or 'independent', got {mode!r}")
     proto = _as_proto(model)
@@ -377,7 +426,7 @@ def class_sensitivity(explainer, x: np.ndarray, batch_size: int = 64) -> np.ndar
     """Spearman between the maps of the most and the least likely class, per image."""
     out = []
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         logits = explainer.infer(xb)
         top = explainer.explain(xb, target=np.argmax(logits, axis=1)).saliency
         bottom = explainer.explain(xb, target=np.argmin(logits, axis=1)).saliency

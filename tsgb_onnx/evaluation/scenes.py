@@ -15,8 +15,16 @@ import numpy as np
 
 CLASSES = ("disc", "square", "triangle", "cross", "ring")
 # base colour of each class (RGB in [0, 1]); each object jitters it
-_COLOURS = np.array([[0.90, 0.15, 0.15], [0.15, 0.75, 0.20], [0.20, 0.30, 0.95],
-                     [0.95, 0.85, 0.10], [0.85, 0.20, 0.85]], dtype=np.float32)
+_COLOURS = np.array(
+    [
+        [0.90, 0.15, 0.15],
+        [0.15, 0.75, 0.20],
+        [0.20, 0.30, 0.95],
+        [0.95, 0.85, 0.10],
+        [0.85, 0.20, 0.85],
+    ],
+    dtype=np.float32,
+)
 SIZE = 64
 # models trained on the scenes take [0, 1] RGB normalised with these
 MEAN = (0.5, 0.5, 0.5)
@@ -25,7 +33,8 @@ STD = (0.25, 0.25, 0.25)
 
 @dataclass
 class SceneObject:
-    """One object of a scene: its class, visible mask [H, W] and box (x0, y0, x1, y1), end-exclusive."""
+    """One object of a scene: its class, visible mask [H, W] and box (x0, y0, x1, y1),
+    end-exclusive."""
 
     label: int
     mask: np.ndarray
@@ -34,7 +43,7 @@ class SceneObject:
 
 @dataclass
 class Scene:
-    rgb: np.ndarray            # uint8 [H, W, 3]
+    rgb: np.ndarray  # uint8 [H, W, 3]
     objects: list[SceneObject]
 
     @property
@@ -52,7 +61,7 @@ def _shape_mask(kind: int, cy: float, cx: float, r: float, angle: float, size: i
     c, s = np.cos(angle), np.sin(angle)
     u, v = c * dx + s * dy, -s * dx + c * dy  # rotated coordinates
     if kind == 0:  # disc
-        return dx ** 2 + dy ** 2 <= r ** 2
+        return dx**2 + dy**2 <= r**2
     if kind == 1:  # square
         return (np.abs(u) <= r * 0.85) & (np.abs(v) <= r * 0.85)
     if kind == 2:  # triangle (pointing along -v)
@@ -62,8 +71,8 @@ def _shape_mask(kind: int, cy: float, cx: float, r: float, angle: float, size: i
         arm = r * 0.33
         return ((np.abs(u) <= arm) & (np.abs(v) <= r)) | ((np.abs(v) <= arm) & (np.abs(u) <= r))
     if kind == 4:  # ring
-        d2 = dx ** 2 + dy ** 2
-        return (d2 <= r ** 2) & (d2 >= (r * 0.55) ** 2)
+        d2 = dx**2 + dy**2
+        return (d2 <= r**2) & (d2 >= (r * 0.55) ** 2)
     raise ValueError(f"unknown shape {kind}")
 
 
@@ -80,7 +89,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def make_scene(rng: np.random.Generator, size: int = SIZE, objects: tuple[int, int] = (2, 3)) -> Scene:
+def make_scene(
+    rng: np.random.Generator, size: int = SIZE, objects: tuple[int, int] = (2, 3)
+) -> Scene:
     """One scene with `objects` (min, max) objects of distinct classes."""
     img = _background(rng, size)
     count = int(rng.integers(objects[0], objects[1] + 1))
@@ -121,5 +132,7 @@ def to_input(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim == 3:
         rgb = rgb[None]
-    x = (rgb.astype(np.float32) / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    x = (rgb.astype(np.float32) / 255.0 - np.asarray(MEAN, np.float32)) / np.asarray(
+        STD, np.float32
+    )
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

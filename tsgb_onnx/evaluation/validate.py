@@ -24,13 +24,28 @@ from tsgb_onnx.errors import InputError
 from tsgb_onnx.evaluation.evaluate import METRICS, Evaluation, Settings, evaluate
 
 # threshold key -> (metric that computes it, direction of "better")
-CHECKS = {"pointing": ("pointing", "higher"), "loc_error": ("localization", "lower"),
-          "deletion": ("deletion", "lower"), "insertion": ("insertion", "higher"),
-          "class_sensitivity": ("class_sensitivity", "lower"),
-          "sanity_cascading": ("sanity", "lower"), "sanity_independent": ("sanity", "lower"),
-          "images_per_s": (None, "higher"), "nan_maps": (None, "lower")}
-SETTINGS_KEYS = {"batch_size", "predict_batch", "step", "score", "tolerance", "component",
-                 "sanity_samples", "seed", "backend"}
+CHECKS = {
+    "pointing": ("pointing", "higher"),
+    "loc_error": ("localization", "lower"),
+    "deletion": ("deletion", "lower"),
+    "insertion": ("insertion", "higher"),
+    "class_sensitivity": ("class_sensitivity", "lower"),
+    "sanity_cascading": ("sanity", "lower"),
+    "sanity_independent": ("sanity", "lower"),
+    "images_per_s": (None, "higher"),
+    "nan_maps": (None, "lower"),
+}
+SETTINGS_KEYS = {
+    "batch_size",
+    "predict_batch",
+    "step",
+    "score",
+    "tolerance",
+    "component",
+    "sanity_samples",
+    "seed",
+    "backend",
+}
 
 
 class ConfigError(InputError):
@@ -39,11 +54,11 @@ class ConfigError(InputError):
 
 @dataclass
 class Check:
-    name: str           # "<method>.<metric>"
+    name: str  # "<method>.<metric>"
     method: str
     metric: str
     value: float | None
-    bound: str          # "min" or "max"
+    bound: str  # "min" or "max"
     threshold: float
     passed: bool
 
@@ -69,11 +84,23 @@ class ValidationReport:
         return 0 if self.passed else 1
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed,
-                "checks": [{"name": c.name, "method": c.method, "metric": c.metric,
-                            "value": c.value, "bound": c.bound, "threshold": c.threshold,
-                            "passed": c.passed} for c in self.checks],
-                "evaluation": self.evaluation.to_dict(), "files": self.files}
+        return {
+            "passed": self.passed,
+            "checks": [
+                {
+                    "name": c.name,
+                    "method": c.method,
+                    "metric": c.metric,
+                    "value": c.value,
+                    "bound": c.bound,
+                    "threshold": c.threshold,
+                    "passed": c.passed,
+                }
+                for c in self.checks
+            ],
+            "evaluation": self.evaluation.to_dict(),
+            "files": self.files,
+        }
 
 
 # --------------------------------------------------------------------------- config
@@ -148,35 +175,58 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
     model_t, data_t = _table(cfg, "model", True), _table(cfg, "data", True)
     ev_t, out_t = _table(cfg, "evaluation"), _table(cfg, "output")
     if not isinstance(model_t.get("path"), str):
-        raise ConfigError("config [model] needs path = \"MODEL.onnx\"")
+        raise ConfigError('config [model] needs path = "MODEL.onnx"')
     if not isinstance(data_t.get("path"), str):
-        raise ConfigError("config [data] needs path = \"manifest.json\" (or a folder, 'synthetic', 'skimage')")
+        raise ConfigError(
+            "config [data] needs path = \"manifest.json\" (or a folder, 'synthetic', 'skimage')"
+        )
     model = _resolve(base, model_t["path"])
     if not Path(model).is_file():
         raise ConfigError(f"model file '{model}' (config [model] path) does not exist")
     methods = parse_methods(ev_t.get("methods", ["tsgb"]))
     thresholds = parse_thresholds(_table(cfg, "thresholds"), methods)
     needed = {CHECKS[k][0] for t in thresholds.values() for k in t if CHECKS[k][0]}
-    metrics = parse_metrics(ev_t["metrics"]) if "metrics" in ev_t else \
-        tuple(m for m in METRICS if m in needed)
+    metrics = (
+        parse_metrics(ev_t["metrics"])
+        if "metrics" in ev_t
+        else tuple(m for m in METRICS if m in needed)
+    )
     missing = sorted(needed - set(metrics))
     if missing:
-        raise ConfigError(f"thresholds need metric(s) {', '.join(missing)} that [evaluation] "
-                          "metrics leaves out")
+        raise ConfigError(
+            f"thresholds need metric(s) {', '.join(missing)} that [evaluation] metrics leaves out"
+        )
     unknown = sorted(set(ev_t) - SETTINGS_KEYS - {"methods", "metrics"})
     if unknown:
-        raise ConfigError(f"[evaluation] has unknown key '{unknown[0]}'; known: "
-                          f"methods, metrics, {', '.join(sorted(SETTINGS_KEYS))}")
+        raise ConfigError(
+            f"[evaluation] has unknown key '{unknown[0]}'; known: "
+            f"methods, metrics, {', '.join(sorted(SETTINGS_KEYS))}"
+        )
     settings = Settings(progress=progress, **{k: ev_t[k] for k in SETTINGS_KEYS if k in ev_t})
     options = _table(cfg, "options")
-    evaluation = evaluate(model, _resolve(base, data_t["path"]), methods, metrics, options,
-                          settings, output=model_t.get("output"), strict=True)
+    evaluation = evaluate(
+        model,
+        _resolve(base, data_t["path"]),
+        methods,
+        metrics,
+        options,
+        settings,
+        output=model_t.get("output"),
+        strict=True,
+    )
     checks = _checks(evaluation, thresholds)
-    out = Path(out_dir) if out_dir is not None else Path(_resolve(base, out_t.get("dir", "validation")))
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path(_resolve(base, out_t.get("dir", "validation")))
+    )
     out.mkdir(parents=True, exist_ok=True)
     report = ValidationReport(checks, evaluation)
-    report.files = {"json": str(out / "report.json"), "junit": str(out / "junit.xml"),
-                    "html": str(out / "report.html")}
+    report.files = {
+        "json": str(out / "report.json"),
+        "junit": str(out / "junit.xml"),
+        "html": str(out / "report.html"),
+    }
     Path(report.files["json"]).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     write_junit(report, report.files["junit"])
     write_html(report, report.files["html"], worst=int(out_t.get("worst", 4)))
@@ -189,10 +239,14 @@ def _checks(evaluation: Evaluation, thresholds: dict) -> list[Check]:
         for metric, (bound, limit) in thresholds[result.method].items():
             value = result.values.get(metric)
             value = None if value is None else float(value)
-            ok = value is not None and math.isfinite(value) and \
-                (value >= limit if bound == "min" else value <= limit)
-            checks.append(Check(f"{result.method}.{metric}", result.method, metric, value,
-                                bound, limit, ok))
+            ok = (
+                value is not None
+                and math.isfinite(value)
+                and (value >= limit if bound == "min" else value <= limit)
+            )
+            checks.append(
+                Check(f"{result.method}.{metric}", result.method, metric, value, bound, limit, ok)
+            )
     return checks
 
 
@@ -200,8 +254,13 @@ def _checks(evaluation: Evaluation, thresholds: dict) -> list[Check]:
 def write_junit(report: ValidationReport, path: str | Path) -> None:
     """JUnit XML: one testcase per check, failures carry the measured value and threshold."""
     failures = sum(not c.passed for c in report.checks)
-    suite = ET.Element("testsuite", name="tsgb.validate", tests=str(len(report.checks)),
-                       failures=str(failures), errors="0")
+    suite = ET.Element(
+        "testsuite",
+        name="tsgb.validate",
+        tests=str(len(report.checks)),
+        failures=str(failures),
+        errors="0",
+    )
     for c in report.checks:
         case = ET.SubElement(suite, "testcase", classname=f"tsgb.validate.{c.method}", name=c.name)
         if not c.passed:
@@ -249,18 +308,24 @@ def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> No
     rows = "".join(
         f"<tr class={'pass' if c.passed else 'fail'}><td>{html.escape(c.name)}</td>"
         f"<td>{'pass' if c.passed else 'FAIL'}</td><td>{html.escape(c.message)}</td></tr>"
-        for c in report.checks)
-    parts = ["<!doctype html><meta charset=utf-8><title>tsgb validate</title><style>",
-             "body{font-family:sans-serif}td,th{padding:2px 8px}.fail{color:#b00}"
-             ".pass{color:#070}figure{display:inline-block;margin:4px}figcaption{font-size:12px}"
-             ".results{border-collapse:collapse}.results td,.results th{border-bottom:1px solid #ccc}"
-             ".num{text-align:right}",
-             "</style>",
-             f"<h1>tsgb validate: {'PASSED' if report.passed else 'FAILED'}</h1>",
-             f"<p>model {html.escape(ev.model)}, data {html.escape(ev.data)}, "
-             f"{ev.images} images, {len(s.target)} explained objects</p>",
-             "<table><tr><th>check</th><th>result</th><th>detail</th></tr>", rows, "</table>",
-             "<h2>Results</h2>", ev.html()]
+        for c in report.checks
+    )
+    parts = [
+        "<!doctype html><meta charset=utf-8><title>tsgb validate</title><style>",
+        "body{font-family:sans-serif}td,th{padding:2px 8px}.fail{color:#b00}"
+        ".pass{color:#070}figure{display:inline-block;margin:4px}figcaption{font-size:12px}"
+        ".results{border-collapse:collapse}.results td,.results th{border-bottom:1px solid #ccc}"
+        ".num{text-align:right}",
+        "</style>",
+        f"<h1>tsgb validate: {'PASSED' if report.passed else 'FAILED'}</h1>",
+        f"<p>model {html.escape(ev.model)}, data {html.escape(ev.data)}, "
+        f"{ev.images} images, {len(s.target)} explained objects</p>",
+        "<table><tr><th>check</th><th>result</th><th>detail</th></tr>",
+        rows,
+        "</table>",
+        "<h2>Results</h2>",
+        ev.html(),
+    ]
     for result in ev.results:
         if result.maps is None:
             continue
@@ -277,8 +342,9 @@ def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> No
             hit = result.details.get("pointing_hits", [None] * (i + 1))[i]
             if hit is not None:
                 caption += ", pointing " + ("hit" if hit else "miss")
-            parts.append(f"<figure><img src='data:image/png;base64,{_png_b64(rgb, scale)}'>"
-                         f"<img src='data:image/png;base64,{_png_b64(overlay, scale)}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='data:image/png;base64,{_png_b64(rgb, scale)}'>"
+                f"<img src='data:image/png;base64,{_png_b64(overlay, scale)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     Path(path).write_text("\n".join(parts) + "\n", encoding="utf-8")
-

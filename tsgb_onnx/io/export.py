@@ -15,7 +15,8 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import onnx
 
@@ -23,8 +24,8 @@ from tsgb_onnx.errors import TsgbError
 from tsgb_onnx.io.labels import LABELS_KEY, imagenet_labels
 from tsgb_onnx.io.preprocess import PREPROCESS_KEY, Preprocessing, as_settings
 
-PreprocessLike = Union[Preprocessing, str, Mapping[str, Any], None]
-LabelsLike = Union[Sequence[str], str, None]
+PreprocessLike = Preprocessing | str | Mapping[str, Any] | None
+LabelsLike = Sequence[str] | str | None
 
 
 def _need(module: str, framework: str, extra: str):
@@ -33,8 +34,9 @@ def _need(module: str, framework: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise TsgbError(f"exporting a {framework} model needs {module}: "
-                        f"pip install 'tsgb-onnx[{extra}]'") from None
+        raise TsgbError(
+            f"exporting a {framework} model needs {module}: pip install 'tsgb-onnx[{extra}]'"
+        ) from None
 
 
 def _torch():
@@ -44,15 +46,25 @@ def _torch():
 @contextlib.contextmanager
 def _quiet(*extra_loggers: str):
     """Silence exporter warnings, log records and prints."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir",
-             *extra_loggers)
+    names = (
+        "torch.onnx",
+        "torch.export",
+        "torch._dynamo",
+        "torch.fx",
+        "onnxscript",
+        "onnx_ir",
+        *extra_loggers,
+    )
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -63,8 +75,12 @@ def _quiet(*extra_loggers: str):
 # -- metadata ------------------------------------------------------------------------------------
 
 
-def attach_metadata(model: onnx.ModelProto, preprocess: PreprocessLike = None,
-                    labels: LabelsLike = None, **settings: Any) -> onnx.ModelProto:
+def attach_metadata(
+    model: onnx.ModelProto,
+    preprocess: PreprocessLike = None,
+    labels: LabelsLike = None,
+    **settings: Any,
+) -> onnx.ModelProto:
     """Store preprocessing and class labels in `model.metadata_props` (in place; returned).
 
     `preprocess`: a preset name ('torchvision', 'caffe', 'tf', 'none'), a dict of
@@ -82,8 +98,11 @@ def attach_metadata(model: onnx.ModelProto, preprocess: PreprocessLike = None,
                 merged[key] = [float(v) for v in merged[key]]
         _set_prop(model, PREPROCESS_KEY, json.dumps(merged, separators=(",", ":")))
     if labels is not None:
-        names = imagenet_labels() if isinstance(labels, str) and labels.lower() == "imagenet" \
+        names = (
+            imagenet_labels()
+            if isinstance(labels, str) and labels.lower() == "imagenet"
             else [str(v) for v in labels]
+        )
         _set_prop(model, LABELS_KEY, json.dumps(names, separators=(",", ":")))
     return model
 
@@ -121,9 +140,16 @@ def _image_settings(shape: Sequence[int], layout: str) -> dict[str, Any]:
 # -- PyTorch -------------------------------------------------------------------------------------
 
 
-def from_torch(module: Any, example: Any, path: str | os.PathLike | None = None,
-               dynamo: bool = False, opset: int | None = None, preprocess: PreprocessLike = None,
-               labels: LabelsLike = None, layout: str | None = None) -> onnx.ModelProto:
+def from_torch(
+    module: Any,
+    example: Any,
+    path: str | os.PathLike | None = None,
+    dynamo: bool = False,
+    opset: int | None = None,
+    preprocess: PreprocessLike = None,
+    labels: LabelsLike = None,
+    layout: str | None = None,
+) -> onnx.ModelProto:
     """Export a PyTorch module (eval mode) to ONNX: input "input", output "logits", dynamic batch.
 
     `dynamo=False` uses the TorchScript exporter (opset 17 by default), `dynamo=True` the
@@ -142,15 +168,29 @@ def from_torch(module: Any, example: Any, path: str | os.PathLike | None = None,
                 example = example.expand(2, *example.shape[1:]).contiguous()
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(
-                module, (example,), input_names=["input"], output_names=["logits"],
-                opset_version=opset or 18, dynamo=True, dynamic_shapes=({0: batch},),
-                external_data=False, optimize=True, verbose=False)
+                module,
+                (example,),
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset or 18,
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
             program.save(target, external_data=False)
         else:
             torch.onnx.export(
-                module, (example,), target, input_names=["input"], output_names=["logits"],
-                opset_version=opset or 17, dynamo=False,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                module,
+                (example,),
+                target,
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset or 17,
+                dynamo=False,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
         proto = onnx.load(target, load_external_data=True)
     image = _image_settings(tuple(example.shape), layout or detect_layout(proto))
     return _finish(proto, path, preprocess, labels, **_defaults_under(preprocess, image))
@@ -163,10 +203,17 @@ def detect_layout(proto: onnx.ModelProto) -> str:
     if len(inputs) != 1:
         return "nchw"
     consumers = [n for n in proto.graph.node if inputs[0] in n.input]
-    perms = [list(onnx.helper.get_attribute_value(a)) for n in consumers
-             for a in n.attribute if n.op_type == "Transpose" and a.name == "perm"]
-    return "nhwc" if consumers and len(perms) == len(consumers) and \
-        all(p == [0, 3, 1, 2] for p in perms) else "nchw"
+    perms = [
+        list(onnx.helper.get_attribute_value(a))
+        for n in consumers
+        for a in n.attribute
+        if n.op_type == "Transpose" and a.name == "perm"
+    ]
+    return (
+        "nhwc"
+        if consumers and len(perms) == len(consumers) and all(p == [0, 3, 1, 2] for p in perms)
+        else "nchw"
+    )
 
 
 def _defaults_under(preprocess: PreprocessLike, inferred: dict[str, Any]) -> dict[str, Any]:
@@ -178,9 +225,14 @@ def _defaults_under(preprocess: PreprocessLike, inferred: dict[str, Any]) -> dic
 # -- Keras / TensorFlow --------------------------------------------------------------------------
 
 
-def from_keras(model: Any, path: str | os.PathLike | None = None, opset: int = 17,
-               input_signature: Any = None, preprocess: PreprocessLike = None,
-               labels: LabelsLike = None) -> onnx.ModelProto:
+def from_keras(
+    model: Any,
+    path: str | os.PathLike | None = None,
+    opset: int = 17,
+    input_signature: Any = None,
+    preprocess: PreprocessLike = None,
+    labels: LabelsLike = None,
+) -> onnx.ModelProto:
     """Export a Keras model with tf2onnx: dynamic batch, NHWC input kept (as in Keras).
 
     `input_signature` defaults to one float32 `tf.TensorSpec` named "input" of the model's
@@ -208,9 +260,16 @@ def from_keras(model: Any, path: str | os.PathLike | None = None, opset: int = 1
 # -- JAX -----------------------------------------------------------------------------------------
 
 
-def from_jax(fn: Callable, params: Any, example: Any, path: str | os.PathLike | None = None,
-             opset: int | None = None, layout: str | None = None,
-             preprocess: PreprocessLike = None, labels: LabelsLike = None) -> onnx.ModelProto:
+def from_jax(
+    fn: Callable,
+    params: Any,
+    example: Any,
+    path: str | os.PathLike | None = None,
+    opset: int | None = None,
+    layout: str | None = None,
+    preprocess: PreprocessLike = None,
+    labels: LabelsLike = None,
+) -> onnx.ModelProto:
     """Export `fn(params, x)` with jax2onnx; the batch axis of `example` becomes dynamic.
 
     `layout` ('nhwc', the Flax convention, or 'nchw') is stored when given.
@@ -237,16 +296,22 @@ def _to_proto(model: Any) -> onnx.ModelProto:
 
         return onnx_ir.serde.serialize_model(model)
     except Exception as exc:  # pragma: no cover - depends on the converter's version
-        raise TsgbError(f"the JAX converter returned {type(model).__name__}, not an ONNX "
-                        f"model: {exc}") from None
+        raise TsgbError(
+            f"the JAX converter returned {type(model).__name__}, not an ONNX model: {exc}"
+        ) from None
 
 
 # -- Paddle --------------------------------------------------------------------------------------
 
 
-def from_paddle(layer: Any, example: Any, path: str | os.PathLike | None = None,
-                opset: int = 17, preprocess: PreprocessLike = None,
-                labels: LabelsLike = None) -> onnx.ModelProto:
+def from_paddle(
+    layer: Any,
+    example: Any,
+    path: str | os.PathLike | None = None,
+    opset: int = 17,
+    preprocess: PreprocessLike = None,
+    labels: LabelsLike = None,
+) -> onnx.ModelProto:
     """Export a Paddle `nn.Layer` with paddle2onnx (input "input", dynamic batch, NCHW)."""
     paddle = _need("paddle", "Paddle", "paddle")
     _need("paddle2onnx", "Paddle", "paddle")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from tsgb_onnx.errors import InputError, TargetError
 
@@ -22,8 +22,11 @@ def imagenet_labels() -> list[str]:
 
 def _parse_lines(text: str) -> list[str]:
     """One name per line; blank lines and lines starting with '#' are skipped."""
-    return [line.strip() for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def load_labels(spec: str) -> list[str]:
@@ -32,8 +35,10 @@ def load_labels(spec: str) -> list[str]:
         return imagenet_labels()
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"--labels file '{spec}' does not exist (give a file with one class "
-                         "name per line, or 'imagenet')")
+        raise InputError(
+            f"--labels file '{spec}' does not exist (give a file with one class "
+            "name per line, or 'imagenet')"
+        )
     try:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -74,24 +79,31 @@ def labels_from_metadata(props: dict[str, str]) -> list[str] | None:
 
 def check_count(labels: Sequence[str], classes: int | None, where: str) -> None:
     if classes is not None and len(labels) != classes:
-        raise InputError(f"{where} has {len(labels)} class names but the model has {classes} "
-                         "classes: give a matching --labels file")
+        raise InputError(
+            f"{where} has {len(labels)} class names but the model has {classes} "
+            "classes: give a matching --labels file"
+        )
 
 
 def label_index(name: str, labels: Sequence[str] | None) -> int:
     """Index of class `name` (exact, then case-insensitive); TargetError with close matches."""
     if not labels:
-        raise TargetError(f"--target '{name}' is not a class index and the model has no class "
-                          "labels: give --labels FILE (or --labels imagenet)")
+        raise TargetError(
+            f"--target '{name}' is not a class index and the model has no class "
+            "labels: give --labels FILE (or --labels imagenet)"
+        )
     if name in labels:
         return list(labels).index(name)
     folded = [v.casefold() for v in labels]
     if name.casefold() in folded:
         return folded.index(name.casefold())
     close = difflib.get_close_matches(name.casefold(), folded, n=3, cutoff=0.6)
-    close += [v for v in folded if name.casefold() in v and v not in close][:3 - len(close)]
-    hint = ("; did you mean " + ", ".join(f"'{labels[folded.index(c)]}'" for c in close) + "?"
-            if close else "")
+    close += [v for v in folded if name.casefold() in v and v not in close][: 3 - len(close)]
+    hint = (
+        "; did you mean " + ", ".join(f"'{labels[folded.index(c)]}'" for c in close) + "?"
+        if close
+        else ""
+    )
     raise TargetError(f"--target '{name}' is not a class name of the model{hint}")
 
 
@@ -114,7 +126,8 @@ def parse_targets(text: str, labels: Sequence[str] | None):
             if not labels:
                 raise TargetError(
                     f"--target must be 'top1', a class index, a class name or a comma list, "
-                    f"got '{text}' (class names need labels: --labels FILE or imagenet)") from None
+                    f"got '{text}' (class names need labels: --labels FILE or imagenet)"
+                ) from None
             values.append(label_index(part, labels))
     return values[0] if len(values) == 1 else values
 

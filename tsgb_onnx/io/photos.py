@@ -13,7 +13,9 @@ from tsgb_onnx.io.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, 
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TSGB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tsgb-onnx")
+    root = os.environ.get("TSGB_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tsgb-onnx"
+    )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -44,7 +46,9 @@ def photo(name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError:
-        raise TsgbError("the demo photos come from scikit-image: pip install scikit-image") from None
+        raise TsgbError(
+            "the demo photos come from scikit-image: pip install scikit-image"
+        ) from None
     return np.asarray(getattr(skimage.data, name)())
 
 
@@ -53,9 +57,11 @@ CAT, ESPRESSO = 285, 967  # ImageNet classes of chelsea (Egyptian cat) and coffe
 
 
 def two_photo_input() -> tuple[np.ndarray, np.ndarray]:
-    """chelsea (left) and coffee (right), each 224x224: (uint8 RGB [224, 448, 3], x [1,3,224,448])."""
-    rgb = np.concatenate([fit_image(photo("chelsea"), LITE0_PREP),
-                          fit_image(photo("coffee"), LITE0_PREP)], axis=1)
+    """chelsea (left) and coffee (right), each 224x224:
+    (uint8 RGB [224, 448, 3], x [1, 3, 224, 448])."""
+    rgb = np.concatenate(
+        [fit_image(photo("chelsea"), LITE0_PREP), fit_image(photo("coffee"), LITE0_PREP)], axis=1
+    )
     return rgb, to_tensor(rgb, LITE0_PREP)
 
 

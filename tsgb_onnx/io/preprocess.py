@@ -8,9 +8,10 @@ channel order (RGB or BGR), scale pixels to [0, pixel_max], subtract `mean`, div
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,16 +25,15 @@ PREPROCESS_KEY = "tsgb.preprocess"  # ONNX metadata_props key: Preprocessing as 
 # name → settings; every preset names all the value settings, never size or layout
 PRESETS: dict[str, dict[str, Any]] = {
     # torchvision / timm ImageNet models: [0,1] RGB, ImageNet mean/std, resize 256 crop 224
-    "torchvision": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_max=1.0,
-                        channel_order="rgb"),
+    "torchvision": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, pixel_max=1.0, channel_order="rgb"),
     # Keras "caffe" mode (VGG16, ResNet50 v1): BGR, 0..255, minus the BGR mean, no scaling
-    "caffe": dict(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), pixel_max=255.0,
-                  channel_order="bgr"),
+    "caffe": dict(
+        mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), pixel_max=255.0, channel_order="bgr"
+    ),
     # Keras "tf" mode (MobileNet, Inception, Xception): RGB scaled to [-1, 1]
     "tf": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pixel_max=1.0, channel_order="rgb"),
     # raw pixels 0..255 RGB (models that normalise inside, e.g. Keras EfficientNet)
-    "none": dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), pixel_max=255.0,
-                 channel_order="rgb"),
+    "none": dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), pixel_max=255.0, channel_order="rgb"),
 }
 
 
@@ -64,7 +64,8 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3:
             raise InputError(
                 f"--mean and --std need 3 values (one per channel), got {len(self.mean)} "
-                f"and {len(self.std)}")
+                f"and {len(self.std)}"
+            )
         if any(s <= 0 for s in self.std):
             raise InputError(f"--std values must be positive, got {','.join(map(str, self.std))}")
         if self.layout not in ("nchw", "nhwc"):
@@ -108,8 +109,9 @@ def preset_settings(name: str) -> dict[str, Any]:
     try:
         return dict(PRESETS[name.lower()])
     except KeyError:
-        raise InputError(f"unknown preprocessing preset '{name}'; "
-                         f"choose one of {', '.join(PRESETS)}") from None
+        raise InputError(
+            f"unknown preprocessing preset '{name}'; choose one of {', '.join(PRESETS)}"
+        ) from None
 
 
 def resolve_preprocessing(*layers: Mapping[str, Any] | None) -> Preprocessing:
@@ -125,7 +127,7 @@ def resolve_preprocessing(*layers: Mapping[str, Any] | None) -> Preprocessing:
     return Preprocessing(**merged)
 
 
-def as_settings(prep: "Preprocessing | str | Mapping[str, Any] | None") -> dict[str, Any]:
+def as_settings(prep: Preprocessing | str | Mapping[str, Any] | None) -> dict[str, Any]:
     """A preset name, a dict of settings or a Preprocessing → dict of settings."""
     if prep is None:
         return {}
@@ -198,11 +200,16 @@ def discover(paths: Iterable[str]) -> list[tuple[Path, str]]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files = sorted(f for f in path.rglob("*")
-                           if f.is_file() and _usable(f) and not _hidden(f.relative_to(path)))
+            files = sorted(
+                f
+                for f in path.rglob("*")
+                if f.is_file() and _usable(f) and not _hidden(f.relative_to(path))
+            )
             if not files:
-                raise InputError(f"folder '{p}' holds no image or .npy files "
-                                 f"({', '.join(sorted(IMAGE_SUFFIXES))}, .npy)")
+                raise InputError(
+                    f"folder '{p}' holds no image or .npy files "
+                    f"({', '.join(sorted(IMAGE_SUFFIXES))}, .npy)"
+                )
             found += [(f, f.relative_to(path).with_suffix("").as_posix()) for f in files]
         else:
             found.append((path, path.stem))
@@ -232,7 +239,8 @@ def read_npy(path: Path, rank: int) -> np.ndarray:
     elif a.ndim != rank:
         raise InputError(
             f"input '{path}' has shape {a.shape}; the model takes {rank}-D batches "
-            f"(give [{'batch, ' if rank > 1 else ''}...] with {rank} or {rank - 1} axes)")
+            f"(give [{'batch, ' if rank > 1 else ''}...] with {rank} or {rank - 1} axes)"
+        )
     return a
 
 
@@ -245,11 +253,13 @@ def read_input(path: Path, name: str, prep: Preprocessing, rank: int = 4):
         return rows, [None] * len(rows), names
     if suffix in IMAGE_SUFFIXES:
         if rank != 4:
-            raise InputError(f"input '{path}' is an image but the model takes {rank}-D "
-                             "tensors: give .npy arrays")
+            raise InputError(
+                f"input '{path}' is an image but the model takes {rank}-D tensors: give .npy arrays"
+            )
         rgb = fit_image(load_rgb(path), prep)
         return to_tensor(rgb, prep), [rgb], [name]
     if not path.exists():
         raise InputError(f"input '{path}' does not exist")
-    raise InputError(f"input '{path}': unknown file type '{path.suffix}' "
-                     "(give .npy or an image file)")
+    raise InputError(
+        f"input '{path}': unknown file type '{path.suffix}' (give .npy or an image file)"
+    )

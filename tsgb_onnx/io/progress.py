@@ -29,8 +29,10 @@ class Progress:
         self._drawn = now
         filled = int(self.WIDTH * min(self.done, self.total) / self.total)
         rate = self.done / max(now - self._start, 1e-9)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                         f"{self.done}/{self.total}{self.unit} ({rate:.1f}/s)")
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{self.done}/{self.total}{self.unit} ({rate:.1f}/s)"
+        )
         self._open = not finished
         if finished:
             sys.stderr.write("\n")

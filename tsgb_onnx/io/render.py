@@ -14,11 +14,28 @@ from pathlib import Path
 import numpy as np
 
 # anchor colours of a jet-like map (dark blue → cyan → yellow → red)
-_ANCHORS = np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0],
-                     [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0]], dtype=np.float32)
+_ANCHORS = np.array(
+    [
+        [0.0, 0.0, 0.5],
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.5, 0.0, 0.0],
+    ],
+    dtype=np.float32,
+)
 # blue → white → red
-_DIVERGING = np.array([[0.02, 0.19, 0.38], [0.26, 0.58, 0.76], [0.97, 0.97, 0.97],
-                       [0.84, 0.38, 0.30], [0.40, 0.0, 0.12]], dtype=np.float32)
+_DIVERGING = np.array(
+    [
+        [0.02, 0.19, 0.38],
+        [0.26, 0.58, 0.76],
+        [0.97, 0.97, 0.97],
+        [0.84, 0.38, 0.30],
+        [0.40, 0.0, 0.12],
+    ],
+    dtype=np.float32,
+)
 COLORMAPS = ("positive", "diverging")
 
 
@@ -85,13 +102,18 @@ def as_plane(saliency: np.ndarray, strip: int = 32) -> np.ndarray:
         plane = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan, np.float32)
         for d in range(depth):
             r, c = divmod(d, cols)
-            plane[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = sal[d]
+            plane[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = sal[d]
         return plane
     raise ValueError(f"a heat map needs a 1-D, 2-D or 3-D map, got shape {sal.shape}")
 
 
-def heatmap(saliency: np.ndarray, image: np.ndarray | None = None, blend: float = 0.5,
-            colormap: str = "positive", cmap: str | None = None) -> np.ndarray:
+def heatmap(
+    saliency: np.ndarray,
+    image: np.ndarray | None = None,
+    blend: float = 0.5,
+    colormap: str = "positive",
+    cmap: str | None = None,
+) -> np.ndarray:
     """RGB heat map of a 1-D/2-D/3-D saliency map, blended over `image` (uint8 RGB) when given.
 
     `colormap`: 'positive' (negatives truncated; the paper's display) or 'diverging'.
@@ -123,12 +145,15 @@ def signal_plot(values: np.ndarray, height: int = 64) -> np.ndarray:
     if not v.size:
         return out
     lo, hi = float(v.min()), float(v.max())
-    rows = np.full(v.shape, height // 2) if hi <= lo else \
-        ((hi - v) / (hi - lo) * (height - 1)).round().astype(int)
+    rows = (
+        np.full(v.shape, height // 2)
+        if hi <= lo
+        else ((hi - v) / (hi - lo) * (height - 1)).round().astype(int)
+    )
     for i in range(len(v)):  # vertical segments join neighbours: a continuous line
         a = rows[i]
         b = rows[i + 1] if i + 1 < len(v) else a
-        out[min(a, b):max(a, b) + 1, i] = 0
+        out[min(a, b) : max(a, b) + 1, i] = 0
     return out
 
 

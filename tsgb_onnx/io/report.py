@@ -52,23 +52,29 @@ def render_index(entries: list[InputEntry], title: str, meta: dict[str, str]) ->
     head = "".join(f"<th>top-{r + 1}</th>" if k > 1 else "<th>map</th>" for r in range(k))
     rows = []
     for entry in entries:
-        pic = (f'<img src="{e(entry.picture)}" alt="input {e(entry.name)}">'
-               if entry.picture else "<em>no picture</em>")
+        pic = (
+            f'<img src="{e(entry.picture)}" alt="input {e(entry.name)}">'
+            if entry.picture
+            else "<em>no picture</em>"
+        )
         cells = [f"<td><figure>{pic}<figcaption>{e(entry.name)}</figcaption></figure></td>"]
         for m in entry.maps:
             name = f"{m.target}" + (f" {e(m.label)}" if m.label else "")
             cells.append(
                 f'<td><figure><img src="{e(m.picture)}" alt="map of class {e(name)}">'
                 f"<figcaption>class {name}<br>p = {m.prob:.3f}, logit {m.logit:.3f}"
-                f"</figcaption></figure></td>")
+                f"</figcaption></figure></td>"
+            )
         rows.append("<tr>" + "".join(cells) + "</tr>")
     meta_text = " · ".join(f"{e(key)}: {e(str(value))}" for key, value in meta.items())
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f"<h1>{e(title)}</h1><p class=\"meta\">{meta_text}</p>\n"
+        f'<h1>{e(title)}</h1><p class="meta">{meta_text}</p>\n'
         f"<table><thead><tr><th>input</th>{head}</tr></thead><tbody>\n"
-        + "\n".join(rows) + "\n</tbody></table>\n</body></html>\n")
+        + "\n".join(rows)
+        + "\n</tbody></table>\n</body></html>\n"
+    )
 
 
 def write_index(path: Path, entries: list[InputEntry], title: str, meta: dict[str, str]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Sequence
 
 from tsgb_onnx.errors import ModelError
 
@@ -36,25 +36,32 @@ class Window:
     def padded_size(self, spatial: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
         """Size of the padded input that holds every window (ceil_mode included)."""
         return tuple(
-            max(spatial[i] + self.pads[i] + self.pads[i + self.nd],
-                (out[i] - 1) * self.strides[i] + self.extent(i))
+            max(
+                spatial[i] + self.pads[i] + self.pads[i + self.nd],
+                (out[i] - 1) * self.strides[i] + self.extent(i),
+            )
             for i in range(self.nd)
         )
 
     def window_slices(self, offset: Sequence[int], out: Sequence[int]) -> tuple[slice, ...]:
         """Slices of the padded input read by kernel `offset` for every output position."""
         return tuple(
-            slice(offset[i] * self.dilations[i],
-                  offset[i] * self.dilations[i] + (out[i] - 1) * self.strides[i] + 1,
-                  self.strides[i])
+            slice(
+                offset[i] * self.dilations[i],
+                offset[i] * self.dilations[i] + (out[i] - 1) * self.strides[i] + 1,
+                self.strides[i],
+            )
             for i in range(self.nd)
         )
 
     @property
     def is_identity(self) -> bool:
         """A 1x1 window with stride 1 and no padding: box sums are the identity."""
-        return (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
-                and not any(self.pads))
+        return (
+            all(k == 1 for k in self.kernel)
+            and all(s == 1 for s in self.strides)
+            and not any(self.pads)
+        )
 
     def crop(self, spatial: Sequence[int]) -> tuple[slice, ...]:
         return tuple(slice(self.pads[i], self.pads[i] + spatial[i]) for i in range(self.nd))

@@ -8,12 +8,11 @@ name, and the model input and the logits tensor (before any final Softmax) are k
 from __future__ import annotations
 
 import json
-
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +20,7 @@ from onnx import numpy_helper
 
 from tsgb_onnx.errors import ModelError
 
-ModelLike = Union[str, os.PathLike, bytes, onnx.ModelProto]
+ModelLike = str | os.PathLike | bytes | onnx.ModelProto
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
@@ -42,7 +41,7 @@ class Node:
     outputs: list[str]
     attrs: dict[str, Any]
     domain: str
-    graph: "Graph" = field(repr=False)
+    graph: Graph = field(repr=False)
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -150,12 +149,16 @@ class Graph:
         rank = len(shape)
         producer = self.producer.get(tensor)
         to_last = [0] + list(range(2, rank)) + [1]
-        if producer is not None and producer.op_type == "Transpose" \
-                and list(producer.attr("perm") or []) == to_last:
+        if (
+            producer is not None
+            and producer.op_type == "Transpose"
+            and list(producer.attr("perm") or []) == to_last
+        ):
             return -1
         to_first = [0, rank - 1] + list(range(1, rank - 1))
-        if consumers and all(n.op_type == "Transpose" and list(n.attr("perm") or []) == to_first
-                             for n in consumers):
+        if consumers and all(
+            n.op_type == "Transpose" and list(n.attr("perm") or []) == to_first for n in consumers
+        ):
             return -1
         return 1
 
@@ -262,7 +265,7 @@ def _zero_pad_amounts(node: onnx.NodeProto, constants: dict) -> list[int] | None
     rank = len(pads) // 2
     if rank < 3 or min(pads) < 0 or any(pads[a] or pads[a + rank] for a in (0, 1)):
         return None
-    return pads[2:rank] + pads[rank + 2:]
+    return pads[2:rank] + pads[rank + 2 :]
 
 
 def _explicit_conv_pads(conv: onnx.NodeProto, spatial: int) -> list[int] | None:
@@ -293,9 +296,16 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         amounts = _zero_pad_amounts(node, constants)
         users = consumers.get(node.output[0], [])
-        if amounts is None or not users or any(
-                u.op_type != "Conv" or list(u.input).count(node.output[0]) != 1
-                or u.input[0] != node.output[0] for u in users):
+        if (
+            amounts is None
+            or not users
+            or any(
+                u.op_type != "Conv"
+                or list(u.input).count(node.output[0]) != 1
+                or u.input[0] != node.output[0]
+                for u in users
+            )
+        ):
             continue
         current = [_explicit_conv_pads(u, len(amounts) // 2) for u in users]
         if any(pads is None for pads in current):
@@ -303,8 +313,9 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
         for user, pads in zip(users, current):
             for attr in [a for a in user.attribute if a.name in ("pads", "auto_pad")]:
                 user.attribute.remove(attr)
-            user.attribute.append(onnx.helper.make_attribute(
-                "pads", [p + q for p, q in zip(pads, amounts)]))
+            user.attribute.append(
+                onnx.helper.make_attribute("pads", [p + q for p, q in zip(pads, amounts)])
+            )
             user.input[0] = node.input[0]
         removed.append(node)
     for node in removed:
@@ -360,9 +371,7 @@ def build_graph(model: ModelLike, output: str | None = None, fold: bool = True) 
     float_inputs = [i for i in inputs if i.type.tensor_type.elem_type in FLOAT_TYPES]
     if len(float_inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
-        raise ModelError(
-            f"expected exactly one floating-point model input, found: {names}"
-        )
+        raise ModelError(f"expected exactly one floating-point model input, found: {names}")
     input_name = float_inputs[0].name
     outputs = [o.name for o in g.output]
     if output is None:

@@ -14,8 +14,10 @@ from tsgb_onnx.errors import MethodError
 from tsgb_onnx.methods.cam import chunk_rows
 from tsgb_onnx.methods.result import Explanation
 
-_OWN = {"smoothgrad": ("base", "n", "sigma", "seed", "batch_size"),
-        "integrated_gradients": ("base", "steps", "baseline", "batch_size")}
+_OWN = {
+    "smoothgrad": ("base", "n", "sigma", "seed", "batch_size"),
+    "integrated_gradients": ("base", "steps", "baseline", "batch_size"),
+}
 
 
 def _base_explainer(explainer, options, name):
@@ -30,7 +32,7 @@ def _explain_rows(base, copies, targets, layer, chunk):
     """Explain `copies` in chunks of `chunk` rows; (saliency, signal or None) stacked."""
     maps, signals = [], []
     for lo in range(0, len(copies), chunk):
-        part = base.explain(copies[lo:lo + chunk], target=targets[lo:lo + chunk], layer=layer)
+        part = base.explain(copies[lo : lo + chunk], target=targets[lo : lo + chunk], layer=layer)
         maps.append(part.saliency)
         signals.append(part.signal)
     signal = None if any(s is None for s in signals) else np.concatenate(signals)
@@ -51,59 +53,114 @@ def smoothgrad_noise(x: np.ndarray, n: int, sigma: float, seed: int) -> np.ndarr
     return (copies + noise * np.repeat(spread * np.float32(sigma), n, axis=0)).astype(np.float32)
 
 
-def smoothgrad(explainer, x, target=None, layer=None, *, base="gradient", n=25, sigma=0.15,
-               seed=0, batch_size=64, **base_options):
+def smoothgrad(
+    explainer,
+    x,
+    target=None,
+    layer=None,
+    *,
+    base="gradient",
+    n=25,
+    sigma=0.15,
+    seed=0,
+    batch_size=64,
+    **base_options,
+):
     """Mean of the base method's maps (and signals) over `n` noisy copies of each image.
 
     The target of every copy is the clean image's (None: its top-1 class)."""
-    options = {"base": base, "n": n, "sigma": sigma, "seed": seed, "batch_size": batch_size,
-               **base_options}
+    options = {
+        "base": base,
+        "n": n,
+        "sigma": sigma,
+        "seed": seed,
+        "batch_size": batch_size,
+        **base_options,
+    }
     sub = _base_explainer(explainer, options, "smoothgrad")
     logits = explainer.infer(x)
     targets = explainer.targets(target, logits)
     copies = smoothgrad_noise(x, n, sigma, seed)
-    maps, signals, layer_name = _explain_rows(sub, copies, np.repeat(targets, n), layer,
-                                              chunk_rows(explainer, batch_size))
+    maps, signals, layer_name = _explain_rows(
+        sub, copies, np.repeat(targets, n), layer, chunk_rows(explainer, batch_size)
+    )
     saliency = maps.reshape((len(x), n) + maps.shape[1:]).mean(axis=1)
-    signal = None if signals is None else signals.reshape(
-        (len(x), n) + signals.shape[1:]).mean(axis=1)
-    return Explanation(saliency=saliency, signal=signal, logits=logits, target=targets,
-                       layer=layer_name, method="smoothgrad")
+    signal = (
+        None if signals is None else signals.reshape((len(x), n) + signals.shape[1:]).mean(axis=1)
+    )
+    return Explanation(
+        saliency=saliency,
+        signal=signal,
+        logits=logits,
+        target=targets,
+        layer=layer_name,
+        method="smoothgrad",
+    )
 
 
-def integrated_gradients(explainer, x, target=None, layer=None, *, base="gradient", steps=32,
-                         baseline=0.0, batch_size=64, **base_options):
+def integrated_gradients(
+    explainer,
+    x,
+    target=None,
+    layer=None,
+    *,
+    base="gradient",
+    steps=32,
+    baseline=0.0,
+    batch_size=64,
+    **base_options,
+):
     """Integrated Gradients with the base method's input signal: midpoint rule over `steps`
     points on the straight path from `baseline` to `x`; map sum_c (x - x0) * mean signal."""
     graph = explainer.graph
     if layer not in (None, graph.input_name):
         raise MethodError("integrated_gradients integrates at the model input: do not give a layer")
-    options = {"base": base, "steps": steps, "baseline": baseline, "batch_size": batch_size,
-               **base_options}
+    options = {
+        "base": base,
+        "steps": steps,
+        "baseline": baseline,
+        "batch_size": batch_size,
+        **base_options,
+    }
     if not explainer.method_named(base).single_pass:
-        raise MethodError(f"integrated_gradients: base must be a one-backward-pass method "
-                          f"(gradient, tsgb, ...), not the map method '{base}'")
+        raise MethodError(
+            f"integrated_gradients: base must be a one-backward-pass method "
+            f"(gradient, tsgb, ...), not the map method '{base}'"
+        )
     sub = _base_explainer(explainer, options, "integrated_gradients")
     x0 = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
     logits = explainer.infer(x)
     targets = explainer.targets(target, logits)
     alphas = ((np.arange(steps, dtype=np.float32) + 0.5) / steps).reshape(
-        (1, steps) + (1,) * (x.ndim - 1))
+        (1, steps) + (1,) * (x.ndim - 1)
+    )
     path = (x0[:, None] + alphas * (x - x0)[:, None]).reshape((-1,) + x.shape[1:])
-    _, signals, _ = _explain_rows(sub, path.astype(np.float32), np.repeat(targets, steps), None,
-                                  chunk_rows(explainer, batch_size))
+    _, signals, _ = _explain_rows(
+        sub,
+        path.astype(np.float32),
+        np.repeat(targets, steps),
+        None,
+        chunk_rows(explainer, batch_size),
+    )
     mean_signal = signals.reshape((len(x), steps) + x.shape[1:]).mean(axis=1)
     product = (x - x0) * mean_signal
     axis = graph.channel_axis(graph.input_name)
     saliency = product.sum(axis=axis) if product.ndim > 1 else product
-    return Explanation(saliency=saliency, signal=mean_signal, logits=logits, target=targets,
-                       layer=graph.input_name, method="integrated_gradients")
+    return Explanation(
+        saliency=saliency,
+        signal=mean_signal,
+        logits=logits,
+        target=targets,
+        layer=graph.input_name,
+        method="integrated_gradients",
+    )
 
 
 def _positive_int(name, key):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise MethodError(f"{name}: {key} must be an integer >= 1, got {value!r}")
+
     return check
 
 
@@ -111,8 +168,12 @@ def check_smoothgrad(options: dict) -> None:
     _positive_int("smoothgrad", "n")(options["n"])
     _positive_int("smoothgrad", "batch_size")(options["batch_size"])
     sigma = options["sigma"]
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) \
-            or not np.isfinite(sigma) or sigma < 0:
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, (int, float, np.floating))
+        or not np.isfinite(sigma)
+        or sigma < 0
+    ):
         raise MethodError(f"smoothgrad: sigma must be a finite number >= 0, got {sigma!r}")
     if not isinstance(options["seed"], (int, np.integer)):
         raise MethodError(f"smoothgrad: seed must be an integer, got {options['seed']!r}")
@@ -124,8 +185,10 @@ def check_integrated_gradients(options: dict) -> None:
     try:
         value = np.asarray(options["baseline"], dtype=np.float32)
     except (TypeError, ValueError):
-        raise MethodError("integrated_gradients: baseline must be a number or an array, "
-                          f"got {options['baseline']!r}") from None
+        raise MethodError(
+            "integrated_gradients: baseline must be a number or an array, "
+            f"got {options['baseline']!r}"
+        ) from None
     if not np.isfinite(value).all():
         raise MethodError("integrated_gradients: baseline holds NaN or Inf")
 
@@ -133,6 +196,7 @@ def check_integrated_gradients(options: dict) -> None:
 def _call(fn, name):
     def compute(explainer, x, target, layer, options):
         return fn(explainer, x, target, layer, **options)
+
     compute.__name__ = name
     return compute
 

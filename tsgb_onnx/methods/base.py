@@ -7,8 +7,9 @@ The built-in methods are listed in one place, `methods.table`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,11 +84,13 @@ class ExplainerLike(Protocol):
 
     def targets(self, target: TargetLike, logits: np.ndarray) -> np.ndarray: ...
 
-    def explain(self, x: np.ndarray, target: TargetLike = None,
-                layer: str | None = None) -> Explanation: ...
+    def explain(
+        self, x: np.ndarray, target: TargetLike = None, layer: str | None = None
+    ) -> Explanation: ...
 
-    def signals(self, x: np.ndarray, target: TargetLike = None, layers: Sequence[str] = ()
-                ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]: ...
+    def signals(
+        self, x: np.ndarray, target: TargetLike = None, layers: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]: ...
 
     def sub_explainer(self, method: str, **options: Any) -> ExplainerLike: ...
 
@@ -121,11 +124,11 @@ class MapMethod:
     backward: str = "gradient"
     pass_options: bool = False
     # the registry's lookup, set when registered (a map method names other methods)
-    lookup: Callable[[str], "Method | MapMethod"] | None = field(default=None, repr=False)
+    lookup: Callable[[str], Method | MapMethod] | None = field(default=None, repr=False)
     reference = None
     single_pass = False
 
-    def _named(self, name: str) -> "Method | MapMethod":
+    def _named(self, name: str) -> Method | MapMethod:
         if self.lookup is None:
             raise MethodError(f"method '{self.name}' is not registered, so it cannot name '{name}'")
         return self.lookup(name)

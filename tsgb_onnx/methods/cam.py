@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tsgb_onnx.engine.program import live_tensors
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.graph import Graph
 from tsgb_onnx.methods.result import Explanation
-from tsgb_onnx.engine.program import live_tensors
 
 # ops that only move or relabel values: a CAM layer is the feature map before them
 LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
@@ -75,7 +75,7 @@ def default_cam_layer(graph: Graph) -> str:
     of a layout op such as the channels-last Transpose of a Keras export)."""
     live = live_tensors(graph)
     best = None
-    for index, node in enumerate(graph.nodes):
+    for node in graph.nodes:
         if node.op_type in LAYOUT_OPS:
             continue
         for out in node.outputs:
@@ -90,7 +90,8 @@ def default_cam_layer(graph: Graph) -> str:
     if best is None:
         raise MethodError(
             "no spatial tensor (rank >= 3, spatial size > 1) feeds the logits: "
-            "choose the tensor with layer=NAME (CLI: --layer NAME)")
+            "choose the tensor with layer=NAME (CLI: --layer NAME)"
+        )
     return best
 
 
@@ -118,22 +119,28 @@ def gradcam(explainer, x, target, layer, options):
     a = channels_first(graph, layer, activation)
     g = channels_first(graph, layer, signal)
     if a.ndim < 3:
-        raise MethodError(f"gradcam: layer '{layer}' has shape {a.shape}, not "
-                          "[batch, channels, *spatial]: choose a convolutional feature map")
+        raise MethodError(
+            f"gradcam: layer '{layer}' has shape {a.shape}, not "
+            "[batch, channels, *spatial]: choose a convolutional feature map"
+        )
     axes = tuple(range(2, a.ndim))
     weights = g.mean(axis=axes, keepdims=True)
     cam = np.maximum((weights * a).sum(axis=1), 0.0)
     saliency = resize_linear(cam, input_spatial(graph, x))
-    return Explanation(saliency=saliency, signal=signal, logits=logits, target=targets,
-                       layer=layer, method="gradcam")
+    return Explanation(
+        saliency=saliency,
+        signal=signal,
+        logits=logits,
+        target=targets,
+        layer=layer,
+        method="gradcam",
+    )
 
 
 def check_layer(options: dict) -> None:
     layer = options.get("layer")
     if layer is not None and not isinstance(layer, str):
         raise MethodError(f"layer must be a tensor name, got {layer!r}")
-
-
 
 
 # -- FullGrad -------------------------------------------------------------------------------------
@@ -182,8 +189,11 @@ def fullgrad(explainer, x, target, layer, options):
         # upsampling is linear: sum the channels first (C times less to resize)
         term = normalise_rows(g * bias).sum(1)
         saliency += resize_linear(term, size, align_corners=True)
-    return Explanation(saliency=saliency.astype(np.float32), signal=grad_x, logits=logits,
-                       target=targets, layer=graph.input_name, method="fullgrad")
-
-
-
+    return Explanation(
+        saliency=saliency.astype(np.float32),
+        signal=grad_x,
+        logits=logits,
+        target=targets,
+        layer=graph.input_name,
+        method="fullgrad",
+    )

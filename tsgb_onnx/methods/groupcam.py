@@ -19,7 +19,7 @@ from tsgb_onnx.methods.result import Explanation
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian of `size` taps (odd)."""
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel = np.exp(-(offsets ** 2) / (2.0 * sigma ** 2))
+    kernel = np.exp(-(offsets**2) / (2.0 * sigma**2))
     return kernel / kernel.sum()
 
 
@@ -69,8 +69,9 @@ def _minmax(masks: np.ndarray) -> np.ndarray:
     return np.where((span > 0).reshape(shape), scaled, masks).astype(np.float32)
 
 
-def group_masks(activation: np.ndarray, signal: np.ndarray, groups: int, threshold: float,
-                size) -> np.ndarray:
+def group_masks(
+    activation: np.ndarray, signal: np.ndarray, groups: int, threshold: float, size
+) -> np.ndarray:
     """The de-noised, upsampled, normalised group masks M' [B, groups, *size]."""
     axes = tuple(range(2, activation.ndim))
     weights = signal.mean(axis=axes, keepdims=True)
@@ -86,8 +87,9 @@ def group_masks(activation: np.ndarray, signal: np.ndarray, groups: int, thresho
 def _forward_in_chunks(explainer, batch: np.ndarray, chunk: int | None) -> np.ndarray:
     """Logits of `batch`: one forward, or chunks of `chunk` rows (a fixed batch: its size)."""
     step = chunk_rows(explainer, chunk or batch.shape[0])
-    return np.concatenate([explainer.infer(batch[i:i + step])
-                           for i in range(0, batch.shape[0], step)])
+    return np.concatenate(
+        [explainer.infer(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+    )
 
 
 def groupcam(explainer, x, target, layer, options):
@@ -96,32 +98,44 @@ def groupcam(explainer, x, target, layer, options):
     logits, targets, taken = explainer.signals(x, target, [layer])
     activation, signal = (channels_first(graph, layer, t) for t in taken[layer])
     if activation.ndim < 3:
-        raise MethodError(f"groupcam: layer '{layer}' has shape {activation.shape}, not "
-                          "[batch, channels, *spatial]: choose a convolutional feature map")
+        raise MethodError(
+            f"groupcam: layer '{layer}' has shape {activation.shape}, not "
+            "[batch, channels, *spatial]: choose a convolutional feature map"
+        )
     groups = int(options["groups"])
     if groups > activation.shape[1]:
-        raise MethodError(f"groupcam: groups={groups} exceeds the {activation.shape[1]} channels "
-                          f"of '{layer}': use groups <= {activation.shape[1]}")
+        raise MethodError(
+            f"groupcam: groups={groups} exceeds the {activation.shape[1]} channels "
+            f"of '{layer}': use groups <= {activation.shape[1]}"
+        )
     image = channels_first(graph, graph.input_name, x)
-    masks = group_masks(activation, signal, groups, float(options["threshold"]),
-                        image.shape[2:])                              # [B, G, *S]
+    masks = group_masks(
+        activation, signal, groups, float(options["threshold"]), image.shape[2:]
+    )  # [B, G, *S]
     blurred = gaussian_blur(image, int(options["blur_size"]), float(options["blur_sigma"]))
-    m = masks[:, :, None]                                             # [B, G, 1, *S]
-    mixed = image[:, None] * m + blurred[:, None] * (1.0 - m)         # [B, G, C, *S]
+    m = masks[:, :, None]  # [B, G, 1, *S]
+    mixed = image[:, None] * m + blurred[:, None] * (1.0 - m)  # [B, G, C, *S]
     batch = np.concatenate([mixed.reshape((-1,) + image.shape[1:]), blurred])
     if graph.channel_axis(graph.input_name) == -1:
         batch = np.moveaxis(batch, 1, -1)
-    scores = softmax(_forward_in_chunks(explainer, np.ascontiguousarray(batch),
-                                        options["batch_size"]))
+    scores = softmax(
+        _forward_in_chunks(explainer, np.ascontiguousarray(batch), options["batch_size"])
+    )
     rows = np.arange(x.shape[0])
     b, g = masks.shape[:2]
-    masked_scores = scores[:b * g].reshape(b, g, -1)[rows, :, targets]   # [B, G]
-    base_scores = scores[b * g:][rows, targets]                           # [B]
+    masked_scores = scores[: b * g].reshape(b, g, -1)[rows, :, targets]  # [B, G]
+    base_scores = scores[b * g :][rows, targets]  # [B]
     gains = masked_scores - base_scores[:, None]
     saliency = np.maximum(np.einsum("bg,bg...->b...", gains, masks), 0.0)
     saliency = _minmax(saliency[:, None])[:, 0]
-    return Explanation(saliency=saliency.astype(np.float32), signal=signal, logits=logits,
-                       target=targets, layer=layer, method="groupcam")
+    return Explanation(
+        saliency=saliency.astype(np.float32),
+        signal=signal,
+        logits=logits,
+        target=targets,
+        layer=layer,
+        method="groupcam",
+    )
 
 
 def check_options(options: dict) -> None:
@@ -137,10 +151,10 @@ def check_options(options: dict) -> None:
         raise MethodError(f"groupcam: blur_sigma must be > 0, got {sigma!r}")
     chunk = options["batch_size"]
     if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise MethodError(f"groupcam: batch_size must be a positive integer or None (one "
-                          f"forward for all masked inputs), got {chunk!r}")
+        raise MethodError(
+            f"groupcam: batch_size must be a positive integer or None (one "
+            f"forward for all masked inputs), got {chunk!r}"
+        )
     layer = options["layer"]
     if layer is not None and not isinstance(layer, str):
         raise MethodError(f"groupcam: layer must be a tensor name, got {layer!r}")
-
-

@@ -20,8 +20,9 @@ from tsgb_onnx.methods.result import Explanation
 from tsgb_onnx.methods.weight_grads import weight_gradients
 
 
-def updated_model(model: onnx.ModelProto, gradients: dict[str, np.ndarray],
-                  lr: float) -> onnx.ModelProto:
+def updated_model(
+    model: onnx.ModelProto, gradients: dict[str, np.ndarray], lr: float
+) -> onnx.ModelProto:
     """A copy of `model` whose initializers `gradients` names are moved by lr · gradient."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -42,15 +43,19 @@ def meta_explain(explainer: ExplainerLike, x, target, layer, method: str, option
     targets = explainer.targets(target, logits)
     rows = []
     for row, cls in enumerate(targets):
-        grads = weight_gradients(explainer, x[row:row + 1], int(cls))
+        grads = weight_gradients(explainer, x[row : row + 1], int(cls))
         model = updated_model(explainer.graph.model, grads, lr)
         stepped = explainer.on_model(model, method, **options)
-        rows.append(stepped.explain(x[row:row + 1], int(cls), layer))
+        rows.append(stepped.explain(x[row : row + 1], int(cls), layer))
     signals = [r.signal for r in rows]
     return Explanation(
         saliency=np.concatenate([r.saliency for r in rows]),
         signal=None if any(s is None for s in signals) else np.concatenate(signals),
-        logits=np.asarray(logits), target=targets, layer=rows[0].layer, method=method)
+        logits=np.asarray(logits),
+        target=targets,
+        layer=rows[0].layer,
+        method=method,
+    )
 
 
 def meta_saliency(explainer, x, target, layer, options):
@@ -66,5 +71,3 @@ def check_options(options: dict) -> None:
     base = options["base"]
     if base == "meta_saliency":
         raise MethodError("meta_saliency: base cannot be meta_saliency itself")
-
-

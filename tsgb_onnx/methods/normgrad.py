@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from tsgb_onnx.backends.numpy_ops import NumpyOps
+from tsgb_onnx.engine.program import live_tensors
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.geometry import window_of
 from tsgb_onnx.methods.cam import channels_first, default_cam_layer, input_spatial, resize_linear
 from tsgb_onnx.methods.meta_saliency import meta_explain
 from tsgb_onnx.methods.result import Explanation
-from tsgb_onnx.engine.program import live_tensors
 
 VARIANTS = ("identity", "conv")
 COMBINE = ("sum", "product")
@@ -37,8 +37,10 @@ def last_conv_output(graph) -> str:
     live = live_tensors(graph)
     convs = [n for n in graph.nodes if n.op_type == "Conv" and n.outputs[0] in live]
     if not convs:
-        raise MethodError("normgrad: variant='conv' found no Conv on the path to the logits: "
-                          "use variant='identity'")
+        raise MethodError(
+            "normgrad: variant='conv' found no Conv on the path to the logits: "
+            "use variant='identity'"
+        )
     return convs[-1].outputs[0]
 
 
@@ -77,7 +79,7 @@ def conv_map(node, x_in: np.ndarray, g_out: np.ndarray) -> np.ndarray:
     b, m = x_in.shape[:2]
     out = g_out.shape[2:]
     squares = np.square(x_in.astype(np.float64)).reshape((b, groups, m // groups) + x_in.shape[2:])
-    patch = NumpyOps().box_sum(squares.sum(axis=2), win, out)          # [B, groups, *out]
+    patch = NumpyOps().box_sum(squares.sum(axis=2), win, out)  # [B, groups, *out]
     n = g_out.shape[1]
     g2 = np.square(g_out.astype(np.float64)).reshape((b, groups, n // groups) + out).sum(axis=2)
     return np.sqrt((g2 * patch).sum(axis=1))
@@ -116,7 +118,8 @@ def _layer_maps(explainer, x, target, layers, variant, selective):
                     f"normgrad: variant='conv' needs each layer to be a Conv output; "
                     f"'{layer}' is produced by "
                     f"{node.op_type + ' ' + repr(node.name) if node else 'no node'}: "
-                    "name Conv outputs or use variant='identity'")
+                    "name Conv outputs or use variant='identity'"
+                )
             conv_nodes[layer] = node
             wanted.append(node.inputs[0])
     logits, targets, taken = explainer.signals(x, target, list(dict.fromkeys(wanted)))
@@ -124,8 +127,10 @@ def _layer_maps(explainer, x, target, layers, variant, selective):
     for layer in layers:
         act, sig = (channels_first(graph, layer, t) for t in taken[layer])
         if act.ndim < 3:
-            raise MethodError(f"normgrad: layer '{layer}' has shape {act.shape}, not "
-                              "[batch, channels, *spatial]: choose a feature map")
+            raise MethodError(
+                f"normgrad: layer '{layer}' has shape {act.shape}, not "
+                "[batch, channels, *spatial]: choose a feature map"
+            )
         if variant == "conv":
             node = conv_nodes[layer]
             x_in = channels_first(graph, node.inputs[0], taken[node.inputs[0]][0])
@@ -144,8 +149,9 @@ def normgrad_maps(explainer, x, target, layer, options, selective: bool):
     layers = [layer] if layer else layer_list(options["layers"], graph, variant)
     weights = options["weights"]
     if weights is not None and len(weights) != len(layers):
-        raise MethodError(f"normgrad: {len(weights)} weights for {len(layers)} layers: "
-                          "give one weight per layer")
+        raise MethodError(
+            f"normgrad: {len(weights)} weights for {len(layers)} layers: give one weight per layer"
+        )
     logits, targets, maps, taken = _layer_maps(explainer, x, target, layers, variant, selective)
     size = input_spatial(graph, x)
     if len(layers) == 1:
@@ -154,9 +160,14 @@ def normgrad_maps(explainer, x, target, layer, options, selective: bool):
         parts = [resize_linear(normalise_minmax(maps[t]).astype(np.float32), size) for t in layers]
         saliency = combine_maps(parts, weights, options["combine"])
     name = "selective_normgrad" if selective else "normgrad"
-    return Explanation(saliency=np.asarray(saliency, dtype=np.float32),
-                       signal=taken[layers[0]][1], logits=logits, target=targets,
-                       layer=",".join(layers), method=name)
+    return Explanation(
+        saliency=np.asarray(saliency, dtype=np.float32),
+        signal=taken[layers[0]][1],
+        logits=logits,
+        target=targets,
+        layer=",".join(layers),
+        method=name,
+    )
 
 
 def _compute(selective: bool):
@@ -164,19 +175,21 @@ def _compute(selective: bool):
         if options["meta_saliency"]:
             name = "selective_normgrad" if selective else "normgrad"
             inner = {k: v for k, v in options.items() if k not in ("meta_saliency", "meta_lr")}
-            return meta_explain(explainer, x, target, layer, name, inner,
-                                float(options["meta_lr"]))
+            return meta_explain(explainer, x, target, layer, name, inner, float(options["meta_lr"]))
         return normgrad_maps(explainer, x, target, layer, options, selective)
+
     return compute
 
 
 def check_options(options: dict) -> None:
     if options.get("variant", "identity") not in VARIANTS:
-        raise MethodError(f"normgrad: variant must be one of {', '.join(VARIANTS)}, "
-                          f"got {options['variant']!r}")
+        raise MethodError(
+            f"normgrad: variant must be one of {', '.join(VARIANTS)}, got {options['variant']!r}"
+        )
     if options["combine"] not in COMBINE:
-        raise MethodError(f"normgrad: combine must be one of {', '.join(COMBINE)}, "
-                          f"got {options['combine']!r}")
+        raise MethodError(
+            f"normgrad: combine must be one of {', '.join(COMBINE)}, got {options['combine']!r}"
+        )
     weights = options["weights"]
     if weights is not None:
         if isinstance(weights, str):
@@ -188,16 +201,21 @@ def check_options(options: dict) -> None:
             weights = [float(weights)]
         weights = [float(w) for w in weights]
         if not weights or any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-            raise MethodError(f"normgrad: weights must be finite, >= 0 and not all 0, "
-                              f"got {options['weights']!r}")
+            raise MethodError(
+                f"normgrad: weights must be finite, >= 0 and not all 0, got {options['weights']!r}"
+            )
         options["weights"] = weights
     lr = options["meta_lr"]
     if not isinstance(lr, (int, float)) or not np.isfinite(lr):
         raise MethodError(f"normgrad: meta_lr must be a finite number, got {lr!r}")
 
 
-COMMON_DEFAULTS = {"layers": None, "combine": "sum", "weights": None, "meta_saliency": False,
-                   "meta_lr": 1e-3}
+COMMON_DEFAULTS = {
+    "layers": None,
+    "combine": "sum",
+    "weights": None,
+    "meta_saliency": False,
+    "meta_lr": 1e-3,
+}
 normgrad_map = _compute(False)
 selective_normgrad_map = _compute(True)
-

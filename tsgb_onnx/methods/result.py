@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 
 from tsgb_onnx.errors import TargetError
 
-TargetLike = Union[None, int, Sequence[int], np.ndarray]
+TargetLike = int | Sequence[int] | np.ndarray | None
 
 
 @dataclass
@@ -21,8 +21,8 @@ class Explanation:
     #                       map methods (gradcam, fullgrad, ...): their map, at the input size
     signal: np.ndarray | None  # backward signal at `layer`, same shape as that tensor (map
     #                            methods: the signal their map is built from, or None)
-    logits: np.ndarray    # [B, classes]
-    target: np.ndarray    # [B] int64
+    logits: np.ndarray  # [B, classes]
+    target: np.ndarray  # [B] int64
     layer: str
     method: str
 
@@ -39,10 +39,13 @@ def resolve_targets(target: TargetLike, logits: np.ndarray) -> np.ndarray:
     if arr.ndim == 0:
         arr = np.full(batch, int(arr), dtype=np.int64)
     elif arr.shape != (batch,):
-        raise TargetError(f"got {arr.size} targets for a batch of {batch}: give one per row or one int")
+        raise TargetError(
+            f"got {arr.size} targets for a batch of {batch}: give one per row or one int"
+        )
     bad = arr[(arr < 0) | (arr >= classes)]
     if bad.size:
         raise TargetError(
-            f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})"
+            f"target {int(bad[0])} is out of range: the model has {classes} classes "
+            f"(0..{classes - 1})"
         )
     return arr

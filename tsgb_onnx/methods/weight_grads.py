@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from tsgb_onnx.backends.numpy_ops import NumpyOps
-from tsgb_onnx.ir.geometry import window_of
 from tsgb_onnx.engine.program import live_tensors
+from tsgb_onnx.ir.geometry import window_of
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul", "BatchNormalization")
 
@@ -43,7 +43,8 @@ def _conv_weight_grad(node, x: np.ndarray, g: np.ndarray, w_shape) -> np.ndarray
     grad = np.zeros((groups, n // groups, m // groups) + tuple(win.kernel))
     for offset in win.offsets():
         patch = xg[(slice(None),) * 3 + win.window_slices(offset, out)].reshape(
-            (b, groups, m // groups, -1))
+            (b, groups, m // groups, -1)
+        )
         grad[(slice(None),) * 3 + tuple(offset)] = np.einsum("bgnp,bgmp->gnm", gg, patch)
     return grad.reshape(w_shape)
 
@@ -88,12 +89,14 @@ def weight_gradients(explainer, x: np.ndarray, target=None) -> dict[str, np.ndar
     graph = explainer.graph
     gradient = explainer.sub_explainer("gradient")
     nodes = weight_layers(graph)
-    layers = list(dict.fromkeys([graph.input_name] + [t for n in nodes
-                                                      for t in (n.inputs[0], n.outputs[0])]))
+    layers = list(
+        dict.fromkeys([graph.input_name] + [t for n in nodes for t in (n.inputs[0], n.outputs[0])])
+    )
     _, _, taken = gradient.signals(x, target, layers)
     total: dict[str, np.ndarray] = {}
     for node in nodes:
-        for name, grad in layer_weight_grads(node, taken[node.inputs[0]][0],
-                                             taken[node.outputs[0]][1]).items():
+        for name, grad in layer_weight_grads(
+            node, taken[node.inputs[0]][0], taken[node.outputs[0]][1]
+        ).items():
             total[name] = total[name] + grad if name in total else grad
     return total

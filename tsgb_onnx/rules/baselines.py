@@ -94,5 +94,3 @@ def deconv_prelu(ops, node, fwd, grads, opts):
     """The layer's own non-linearity applied to the signal: G if G > 0 else slope * G."""
     g = grads[0]
     return [ops.where(ops.greater(g, 0.0), g, ops.mul(g, fwd.x(1)))]
-
-

@@ -20,8 +20,18 @@ from tsgb_onnx.rules.registry import RuleSet
 
 DEEPLIFT = RuleSet("deeplift", parent=GRADIENT)
 TOLERANCE = 1e-6
-RESCALED = ("Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish",
-            "Elu", "Selu", "Softplus")
+RESCALED = (
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Clip",
+    "LeakyRelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Softplus",
+)
 
 
 def _reads_with_reference(op_type: str):
@@ -30,6 +40,7 @@ def _reads_with_reference(op_type: str):
     def reads(node):
         own = exact.reads(node) if callable(exact.reads) else exact.reads
         return tuple(dict.fromkeys(tuple(own) + ("x0", "y0", "rx0", "ry0")))
+
     return reads
 
 
@@ -66,9 +77,8 @@ def check_options(options: dict) -> None:
     try:
         value = np.asarray(baseline, dtype=np.float32)
     except (TypeError, ValueError):
-        raise MethodError(f"deeplift: baseline must be a number or an array, got {baseline!r}"
-                          ) from None
+        raise MethodError(
+            f"deeplift: baseline must be a number or an array, got {baseline!r}"
+        ) from None
     if not np.isfinite(value).all():
         raise MethodError("deeplift: baseline holds NaN or Inf")
-
-

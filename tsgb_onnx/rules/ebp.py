@@ -45,8 +45,7 @@ def _ebp_conv(ops, node, fwd, grads, top: bool, contrast: bool):
     def spread(negate: bool):
         w_pos = _positive_part(ops, w, negate)
         z = ops.conv(magnitude, w_pos, win, group, out)
-        return ops.conv_input_grad(ops.div_stab(p, z, nonnegative=True), w_pos, x_shape,
-                                   win, group)
+        return ops.conv_input_grad(ops.div_stab(p, z, nonnegative=True), w_pos, x_shape, win, group)
 
     gx = spread(False)
     if contrast:
@@ -109,6 +108,7 @@ def _ebp_global_pool(ops, node, fwd, grads, top: bool, contrast: bool = False):
 def _named(fn, name: str, top: bool, contrast: bool = False):
     def rule(ops, node, fwd, grads, opts):
         return fn(ops, node, fwd, grads, top, contrast)
+
     rule.__name__ = name
     rule.__doc__ = fn.__doc__
     return rule
@@ -131,12 +131,15 @@ def _register_ebp(rule_set: RuleSet, prefix: str, top: bool, contrast: bool) -> 
 
     rule_set.register("Conv", reads=reads)(_named(_ebp_conv, f"{prefix}_conv", top, contrast))
     rule_set.register(["Gemm", "MatMul"], reads=reads)(
-        _named(_ebp_linear, f"{prefix}_linear", top, contrast))
+        _named(_ebp_linear, f"{prefix}_linear", top, contrast)
+    )
     if not contrast:  # a pooling layer has no weights to negate
         rule_set.register("AveragePool", reads=reads)(
-            _named(_ebp_average_pool, f"{prefix}_average_pool", top))
+            _named(_ebp_average_pool, f"{prefix}_average_pool", top)
+        )
         rule_set.register("GlobalAveragePool", reads=reads)(
-            _named(_ebp_global_pool, f"{prefix}_global_average_pool", top))
+            _named(_ebp_global_pool, f"{prefix}_global_average_pool", top)
+        )
 
 
 _register_ebp(EBP, "ebp", top=False, contrast=False)
@@ -161,8 +164,10 @@ def ebp_add(ops, node, fwd, grads, opts):
     return out
 
 
-EBP.register(["BatchNormalization", "InstanceNormalization", "LRN", "Clip", "LeakyRelu",
-              "PRelu"], reads=("x0", "y0"))(unit_rule)
+EBP.register(
+    ["BatchNormalization", "InstanceNormalization", "LRN", "Clip", "LeakyRelu", "PRelu"],
+    reads=("x0", "y0"),
+)(unit_rule)
 
 
 def _one_live_operand(node) -> int | None:
@@ -229,6 +234,7 @@ def top_layer_chooser(top_rules: RuleSet):
         if node.op_type in ("Gemm", "MatMul") and not has_const_weights(node):
             return GRADIENT.lookup(node.op_type)  # not a layer (e.g. two activations)
         return None
+
     return choose
 
 
@@ -237,7 +243,9 @@ def prepare_ebp(graph, options) -> None:
         warnings.warn(
             "ebp: the logits are not produced by a Gemm/MatMul/Conv/pooling layer, so the top "
             "probability is taken as logit x seed instead of the seed itself",
-            BaselineWarning, stacklevel=4)
+            BaselineWarning,
+            stacklevel=4,
+        )
 
 
 def prepare_contrastive_ebp(graph, options) -> None:
@@ -245,6 +253,5 @@ def prepare_contrastive_ebp(graph, options) -> None:
     if top is None or top.op_type not in ("Gemm", "MatMul", "Conv"):
         raise MethodError(
             "contrastive_ebp needs the logits to come from a linear layer (Gemm, MatMul or Conv "
-            "with constant weights) to build the dual unit; use method 'ebp' for this model")
-
-
+            "with constant weights) to build the dual unit; use method 'ebp' for this model"
+        )

@@ -171,8 +171,10 @@ def log_softmax(ops, node, fwd, grads, opts):
 @register(["Add", "Sum"], reads=("x*.shape",))
 def add(ops, node, fwd, grads, opts):
     g = _first(grads)
-    return [ops.sum_to_shape(g, fwd.x_shape(i)) if fwd.wants(i) else None
-            for i in range(len(node.inputs))]
+    return [
+        ops.sum_to_shape(g, fwd.x_shape(i)) if fwd.wants(i) else None
+        for i in range(len(node.inputs))
+    ]
 
 
 @register("Sub", reads=("x*.shape",))
@@ -271,13 +273,21 @@ def matmul(ops, node, fwd, grads, opts):
     if fwd.wants(0):
         b = fwd.x(1)
         b2 = ops.reshape(b, (b_shape[0], 1)) if len(b_shape) == 1 else b
-        out[0] = ops.sum_to_shape(ops.reshape(ops.matmul(g2, ops.swap_last(b2)),
-                                              _mm_shape(g_shape, b_shape, a_shape, "a")), a_shape)
+        out[0] = ops.sum_to_shape(
+            ops.reshape(
+                ops.matmul(g2, ops.swap_last(b2)), _mm_shape(g_shape, b_shape, a_shape, "a")
+            ),
+            a_shape,
+        )
     if fwd.wants(1):
         a = fwd.x(0)
         a2 = ops.reshape(a, (1, a_shape[0])) if len(a_shape) == 1 else a
-        out[1] = ops.sum_to_shape(ops.reshape(ops.matmul(ops.swap_last(a2), g2),
-                                              _mm_shape(g_shape, a_shape, b_shape, "b")), b_shape)
+        out[1] = ops.sum_to_shape(
+            ops.reshape(
+                ops.matmul(ops.swap_last(a2), g2), _mm_shape(g_shape, a_shape, b_shape, "b")
+            ),
+            b_shape,
+        )
     return out
 
 
@@ -352,7 +362,7 @@ def lrn(ops, node, fwd, grads, opts):
     return [ops.sub(direct, ops.mul(ops.mul(x, inner), 2.0 * alpha * beta / size))]
 
 
-# -- pooling -----------------------------------------------------------------------------------------
+# -- pooling ---------------------------------------------------------------------------------
 @register("MaxPool", reads=("x0",))
 def max_pool(ops, node, fwd, grads, opts):
     x, g = fwd.x(0), _first(grads)
@@ -455,8 +465,11 @@ def slice_index(node, x_shape) -> tuple:
         axes, steps = node.const(3), node.const(4)
     starts = [int(s) for s in np.asarray(starts).reshape(-1)]
     ends = [int(e) for e in np.asarray(ends).reshape(-1)]
-    axes = list(range(len(starts))) if axes is None else [
-        _axis(int(a), rank) for a in np.asarray(axes).reshape(-1)]
+    axes = (
+        list(range(len(starts)))
+        if axes is None
+        else [_axis(int(a), rank) for a in np.asarray(axes).reshape(-1)]
+    )
     steps = [1] * len(starts) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
     index = [slice(None)] * rank
     for start, end, axis, step in zip(starts, ends, axes, steps):

@@ -8,7 +8,8 @@ the inputs it differentiates. ``reads`` names the forward tensors it needs (see
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from tsgb_onnx.engine.ops import RuleFn
 from tsgb_onnx.engine.rule import Rule
@@ -17,13 +18,16 @@ from tsgb_onnx.engine.rule import Rule
 class RuleSet:
     """A named mapping op type -> Rule, falling back to a parent set."""
 
-    def __init__(self, name: str, parent: "RuleSet | None" = None):
+    def __init__(self, name: str, parent: RuleSet | None = None):
         self.name = name
         self.parent = parent
         self._rules: dict[str, Rule] = {}
 
-    def register(self, op_types: str | Iterable[str],
-                 reads: Iterable[str] | Callable[[Any], tuple[str, ...]] = ()):
+    def register(
+        self,
+        op_types: str | Iterable[str],
+        reads: Iterable[str] | Callable[[Any], tuple[str, ...]] = (),
+    ):
         """Decorator: register `fn` as the rule for one or several op types.
 
         `reads` is a tuple of tokens, or a function of the node returning one.

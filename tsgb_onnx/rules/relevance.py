@@ -25,6 +25,7 @@ def reads_plus(op_type: str, *extra: str):
     def reads(node):
         tokens = base(node) if callable(base) else base
         return tuple(tokens) + tuple(t for t in extra if t not in tokens)
+
     return reads
 
 

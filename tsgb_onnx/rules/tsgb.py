@@ -18,7 +18,7 @@ import numpy as np
 from tsgb_onnx.engine.ops import composite
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.geometry import window_of
-from tsgb_onnx.rules.gradient import GRADIENT, clip_bounds, avgpool_adjoint, pad_amounts
+from tsgb_onnx.rules.gradient import GRADIENT, avgpool_adjoint, clip_bounds, pad_amounts
 from tsgb_onnx.rules.gradient import clip as exact_clip
 from tsgb_onnx.rules.gradient import max_pool as exact_max_pool
 from tsgb_onnx.rules.registry import RuleSet, opt
@@ -45,17 +45,33 @@ def relu_after(node) -> str | None:
     graph = node.graph
     out = node.outputs[0]
     consumers = graph.consumers.get(out, [])
-    if (len(consumers) == 1 and consumers[0].op_type in ("Relu", "Clip")
-            and consumers[0].inputs[0] == out
-            and out not in {o.name for o in graph.model.graph.output}):
+    if (
+        len(consumers) == 1
+        and consumers[0].op_type in ("Relu", "Clip")
+        and consumers[0].inputs[0] == out
+        and out not in {o.name for o in graph.model.graph.output}
+    ):
         return consumers[0].outputs[0]
     return None
 
 
 # ops whose output is non-negative when their (data) inputs are
-_KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat",
-               "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
-               "Split", "Dropout"}
+_KEEPS_SIGN = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Concat",
+    "Identity",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Slice",
+    "Split",
+    "Dropout",
+}
 
 
 def rectified_by(graph, tensor: str) -> bool:
@@ -102,9 +118,16 @@ def sign_redundant(graph, tensor: str, reads_signal) -> bool:
     if reads_signal(tensor):
         return False
     node = graph.producer.get(tensor)
-    if node is not None and node.outputs[0] == tensor and (
-            node.op_type == "MaxPool" and len(node.outputs) == 1
-            or node.op_type == "Pad" and _pad_keeps_sign(node)):
+    if (
+        node is not None
+        and node.outputs[0] == tensor
+        and (
+            node.op_type == "MaxPool"
+            and len(node.outputs) == 1
+            or node.op_type == "Pad"
+            and _pad_keeps_sign(node)
+        )
+    ):
         return sign_redundant(graph, node.inputs[0], reads_signal)
     return rectified_by(graph, tensor)
 
@@ -115,11 +138,13 @@ def nonnegative(graph, tensor: str, _depth: int = 0) -> bool:
     if rectified_by(graph, tensor):
         return True
     node = graph.producer.get(tensor)
-    if node is None or _depth > 64 or not (
-            node.op_type in _KEEPS_SIGN or node.op_type == "Pad" and _pad_keeps_sign(node)):
+    if (
+        node is None
+        or _depth > 64
+        or not (node.op_type in _KEEPS_SIGN or node.op_type == "Pad" and _pad_keeps_sign(node))
+    ):
         return False
-    data = [t for i, t in enumerate(node.inputs)
-            if t and (node.op_type == "Concat" or i == 0)]
+    data = [t for i, t in enumerate(node.inputs) if t and (node.op_type == "Concat" or i == 0)]
     return bool(data) and all(nonnegative(graph, t, _depth + 1) for t in data)
 
 
@@ -127,8 +152,11 @@ def _feeds_tsgb_conv_only(node) -> bool:
     """Whether this Relu's (or Clip's) input is the output of a Conv whose only consumer it
     is (so that Conv's TSGB rule reads this activation's output: `relu_after`)."""
     producer = node.graph.producer.get(node.inputs[0])
-    return (producer is not None and producer.op_type == "Conv"
-            and relu_after(producer) == node.outputs[0])
+    return (
+        producer is not None
+        and producer.op_type == "Conv"
+        and relu_after(producer) == node.outputs[0]
+    )
 
 
 @register("Relu", reads=("y0",))
@@ -149,8 +177,12 @@ def tsgb_clip(ops, node, fwd, grads, opts):
     wherever it would zero G. Only the upper mask (A < max) is applied then."""
     g = grads[0]
     lo, hi = clip_bounds(node)
-    if (g is not None and (lo is None or lo == 0.0) and _feeds_tsgb_conv_only(node)
-            and not fwd.exposed(0)):
+    if (
+        g is not None
+        and (lo is None or lo == 0.0)
+        and _feeds_tsgb_conv_only(node)
+        and not fwd.exposed(0)
+    ):
         return [g if hi is None else ops.mask_below(g, fwd.y(0), hi)]
     return exact_clip(ops, node, fwd, grads, opts)
 
@@ -171,14 +203,24 @@ def tsgb_conv(ops, node, fwd, grads, opts):
     x_shape = ops.shape(x)
     win = window_of(node, x_shape[2:], kernel=w_shape[2:])
     graph, source = node.graph, node.inputs[0]
-    return [tsgb_conv_step(ops, x, y, g, win, groups,
-                           nonnegative_x=nonnegative(graph, source),
-                           sign_from_producer=sign_redundant(graph, source, fwd.caller_reads))]
+    return [
+        tsgb_conv_step(
+            ops,
+            x,
+            y,
+            g,
+            win,
+            groups,
+            nonnegative_x=nonnegative(graph, source),
+            sign_from_producer=sign_redundant(graph, source, fwd.caller_reads),
+        )
+    ]
 
 
 @composite("tsgb_conv")
-def tsgb_conv_step(ops, x, y, g, win, groups: int, nonnegative_x: bool = False,
-                   sign_from_producer: bool = False):
+def tsgb_conv_step(
+    ops, x, y, g, win, groups: int, nonnegative_x: bool = False, sign_from_producer: bool = False
+):
     """Eq. 5 per group from primitives (a backend may register a fused "tsgb_conv" kernel;
     it receives the same hints and may ignore them: the plain formula is always exact).
 
@@ -264,8 +306,9 @@ def _tsgb_fc(ops, node, fwd, grads, opts):
     w = fwd.x(1)
     if node.op_type == "Gemm" and node.attr("transB", 0):
         w = ops.swap_last(w)
-    gx = tsgb_fc_step(ops, x, w, g, float(opt(opts, "alpha", 1.0)),
-                      bool(opt(opts, "reference_compat", False)))
+    gx = tsgb_fc_step(
+        ops, x, w, g, float(opt(opts, "alpha", 1.0)), bool(opt(opts, "reference_compat", False))
+    )
     if node.op_type == "Gemm" and node.attr("transA", 0):
         gx = ops.swap_last(gx)
     return [gx]
@@ -282,8 +325,9 @@ def tsgb_fc_step(ops, x, w, g, alpha: float = 1.0, reference_compat: bool = Fals
     else:
         negative = ops.matmul(ops.abs(x), ops.abs(w_neg))
     scale = ops.mul(ops.div_stab(positive, negative, nonnegative=True), alpha)
-    return ops.add(ops.matmul(g, ops.swap_last(w_pos)),
-                   ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg)))
+    return ops.add(
+        ops.matmul(g, ops.swap_last(w_pos)), ops.matmul(ops.mul(scale, g), ops.swap_last(w_neg))
+    )
 
 
 _FC_RULES = RuleSet("tsgb")
@@ -319,7 +363,8 @@ def warn_without_final_linear(graph, options) -> None:
         warnings.warn(
             "tsgb: no linear layer (Gemm/MatMul with constant weights) produces the logits, "
             "so TSGB-FC is not applied; the map uses TSGB-Conv and exact gradients only",
-            TsgbWarning, stacklevel=4,
+            TsgbWarning,
+            stacklevel=4,
         )
 
 
@@ -327,5 +372,3 @@ def check_options(options: dict) -> None:
     alpha = options["alpha"]
     if not isinstance(alpha, (int, float, np.floating)) or not np.isfinite(alpha) or alpha < 0:
         raise MethodError(f"tsgb: alpha must be a finite number >= 0, got {alpha!r}")
-
-

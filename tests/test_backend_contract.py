@@ -161,6 +161,11 @@ def _cases() -> list[Case]:
     small = _f32(B, 3, 5, 6)
     target = np.array([3, 0], dtype=np.int64)
     lead = lambda ops, h: tuple(ops.shape(h)[:1])  # noqa: E731 - the (maybe dynamic) batch
+    interp = _f32(4, 6)  # an axis of size 4 becomes 6
+    take = np.array([[0, -1], [2, 2], [3, 1]], dtype=np.int64)  # repeats and a negative index
+    picks = rng.integers(-5, 5, (B, 3, 4, 2))
+    many = rng.integers(-300, 300, 300)
+    rng_nd = np.array([[0, 1, 2], [-1, 0, 4], [0, 1, 2], [2, 3, -5]], dtype=np.int64)
 
     return [
         # conversion and shapes
@@ -189,6 +194,8 @@ def _cases() -> list[Case]:
         Case("abs", lambda ops, p: ops.abs(p), [a], exact=True),
         Case("sign", lambda ops, p: ops.sign(p), [a], exact=True),
         Case("exp", lambda ops, p: ops.exp(p), [a]),
+        Case("erf", lambda ops, p: ops.erf(p), [a]),
+        Case("erf", lambda ops, p: ops.erf(ops.mul(p, 4.0)), [a], variant="tails"),
         Case("square", lambda ops, p: ops.square(p), [a]),
         Case("power", lambda ops, p: ops.power(p, -0.75), [np.abs(a) + 1]),
         Case("power", lambda ops, p: ops.power(p, 2.0), [a], variant="square"),
@@ -395,6 +402,103 @@ def _cases() -> list[Case]:
             for op in ("channel_window_sum", "channel_window_sum_transposed")
             for size in (1, 2, 3, 4)
         ],
+        # linear maps along one axis, index adjoints, contractions
+        Case("axis_matmul", lambda ops, p: ops.axis_matmul(p, 2, interp), [a]),
+        Case(
+            "axis_matmul", lambda ops, p: ops.axis_matmul(p, -1, interp.T[:5]), [a], variant="last"
+        ),
+        Case(
+            "axis_matmul",
+            lambda ops, p: ops.axis_matmul(p, 1, interp[:3]),
+            [a],
+            const=(0,),
+            variant="const",
+        ),
+        Case(
+            "gather_input_grad",
+            lambda ops, g: ops.gather_input_grad(g, take, lead(ops, g) + (3, 4, 5), 2),
+            [_f32(B, 3, 3, 2, 5)],
+            variant="const",
+        ),
+        Case(
+            "gather_input_grad",
+            lambda ops, g: ops.gather_input_grad(g, np.array(-2), lead(ops, g) + (3, 4, 5), -3),
+            [_f32(B, 4, 5)],
+            variant="scalar",
+        ),
+        Case(
+            "gather_input_grad",
+            lambda ops, g, i: ops.gather_input_grad(g, i, lead(ops, g) + (3, 4, 5), 2),
+            [_f32(B, 3, 3, 2, 5), take],
+            variant="recorded",
+        ),
+        Case(
+            "gather_input_grad",
+            lambda ops, g, i: ops.gather_input_grad(g, ops.asarray(i), lead(ops, g) + (3, 4, 5), 2),
+            [_f32(B, 3, 3, 2, 5), take],
+            variant="float_indices",
+        ),
+        Case(  # too many for a selection matrix: the emitter scatters
+            "gather_input_grad",
+            lambda ops, g: ops.gather_input_grad(g, many, lead(ops, g) + (3, 300, 5), 2),
+            [_f32(B, 3, 300, 5)],
+            variant="const_scatter",
+        ),
+        Case(
+            "gather_elements_input_grad",
+            lambda ops, g, i: ops.gather_elements_input_grad(g, i, lead(ops, g) + (3, 4, 5), 2),
+            [_f32(B, 3, 6, 5), rng.integers(-4, 4, (B, 3, 6, 5))],
+        ),
+        Case(
+            "gather_elements_input_grad",
+            lambda ops, g: ops.gather_elements_input_grad(g, picks, lead(ops, g) + (3, 4, 5), -1),
+            [_f32(B, 3, 4, 2)],
+            variant="const",
+        ),
+        Case(
+            "gather_nd_input_grad",
+            lambda ops, g, i: ops.gather_nd_input_grad(g, i, (3, 4, 5), 0),
+            [_f32(6, 3, 5), rng.integers(-3, 3, (6, 3, 2))],
+            variant="recorded",
+        ),
+        Case(
+            "gather_nd_input_grad",
+            lambda ops, g: ops.gather_nd_input_grad(g, rng_nd, (3, 4, 5), 0),
+            [_f32(4)],
+            variant="const_full_index",
+        ),
+        Case(
+            "gather_nd_input_grad",
+            lambda ops, g, i: ops.gather_nd_input_grad(g, i, lead(ops, g) + (4, 5, 3), 1),
+            [_f32(B, 6, 3), rng.integers(-4, 4, (B, 6, 2))],
+            variant="batch_dims",
+        ),
+        Case(
+            "gather_nd_input_grad",
+            lambda ops, g, i: ops.gather_nd_input_grad(
+                g, ops.asarray(i), lead(ops, g) + (4, 5, 3), 1
+            ),
+            [_f32(B, 6, 3), rng.integers(-4, 4, (B, 6, 2))],
+            variant="float_indices",
+        ),
+        Case(
+            "einsum",
+            lambda ops, p, q: ops.einsum("bhqd,bhkd->bhqk", [p, q]),
+            [a, b],
+        ),
+        Case(
+            "einsum",
+            lambda ops, p, q: ops.einsum("bchw,bc->bhw", [p, q]),
+            [a, _f32(B, 3)],
+            variant="channel_weights",
+        ),
+        Case(
+            "einsum",
+            lambda ops, p, q: ops.einsum("bchw,ck->bkhw", [p, q]),
+            [a, _f32(3, 6)],
+            const=(1,),
+            variant="const",
+        ),
     ]
 
 

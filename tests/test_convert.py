@@ -75,8 +75,8 @@ def test_explainer_model_matches_engine(onnx_zoo, photos, name, dynamo, method):
     close(saliency, expected.saliency)
     close(signal, expected.signal)
     np.testing.assert_allclose(logits, expected.logits, rtol=1e-5, atol=1e-5)
-    # no target fed: top-1 per row
-    (saliency,) = sess.run(["saliency"], {"input": x})
+    # target -1: top-1 per row
+    (saliency,) = sess.run(["saliency"], {"input": x, "target": np.array([-1])})
     close(saliency, engine.explain(x).saliency)
 
 
@@ -105,6 +105,28 @@ def test_explainer_model_properties(onnx_zoo):
     close(one, engine.explain(x, target=2).saliency)
     (bad,) = sess.run(["saliency"], {"input": x, "target": np.array([2, 10, 2])})
     assert np.isnan(bad[1]).all() and np.isfinite(bad[[0, 2]]).all()
+    # a target of another length than 1 or the batch: every row NaN, no runtime error
+    for wrong in ([2, 2], [], [1, 2, 3, 4]):
+        (rows,) = sess.run(["saliency"], {"input": x, "target": np.array(wrong, np.int64)})
+        assert rows.shape == one.shape and np.isnan(rows).all()
+
+
+def test_target_is_an_input_every_runtime_lists(onnx_zoo):
+    """Serving stacks build their feeds from `get_inputs()`: `target` is a real input; the
+    optional form (default top-1) is an overridable initializer instead."""
+    _, proto = onnx_zoo.get("vgg16_style", False)
+    x = onnx_zoo.example("vgg16_style", 2, 3).numpy()
+    engine = Explainer(proto, method="gradient", backend="numpy")
+    required = session(convert(proto, method="gradient"))
+    inputs = {i.name: i for i in required.get_inputs()}
+    assert set(inputs) == {"input", "target"} and inputs["target"].type == "tensor(int64)"
+    (got,) = required.run(["saliency"], {"input": x, "target": np.array([3, -1])})
+    close(got, engine.explain(x, target=[3, int(engine.infer(x)[1].argmax())]).saliency)
+    optional = session(convert(proto, method="gradient", optional_target=True))
+    assert [i.name for i in optional.get_inputs()] == ["input"]
+    assert [i.name for i in optional.get_overridable_initializers()] == ["target"]
+    (unfed,) = optional.run(["saliency"], {"input": x})
+    close(unfed, engine.explain(x).saliency)
 
 
 def test_map_at_a_layer(onnx_zoo):
@@ -113,7 +135,9 @@ def test_map_at_a_layer(onnx_zoo):
     layer = [n for n in engine.graph.nodes if n.op_type == "MaxPool"][-1].outputs[0]
     model = convert(proto, method="tsgb", layer=layer, keep_signal=True)
     x = onnx_zoo.example("vgg16_style", 2, 1).numpy()
-    saliency, signal = session(model).run(["saliency", "signal"], {"input": x})
+    saliency, signal = session(model).run(
+        ["saliency", "signal"], {"input": x, "target": np.array([-1])}
+    )
     expected = engine.explain(x, layer=layer)
     assert saliency.shape == expected.saliency.shape and saliency.shape[1:] != (64, 64)
     close(saliency, expected.saliency)
@@ -250,9 +274,9 @@ def test_refusals(onnx_zoo):
     explainer = convert(proto, method="gradient")
     with pytest.raises(ModelError, match="already an explainer"):
         convert(explainer)
-    erf = make_model([N("Erf", ["X"], ["e"]), N("Flatten", ["e"], ["Y"])], (1, 4))
-    with pytest.raises(UnsupportedOpError, match="node 'erf"):
-        convert(erf)
+    sin = make_model([N("Sin", ["X"], ["e"]), N("Flatten", ["e"], ["Y"])], (1, 4))
+    with pytest.raises(UnsupportedOpError, match="node 'sin"):
+        convert(sin)
     dynamic = onnx.ModelProto()
     dynamic.CopyFrom(proto)
     dynamic.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "length"

@@ -11,6 +11,7 @@ PyTorch autograd instead.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ def far_from_zero(rng, shape):
     return (np.sign(rng.standard_normal(shape)) * rng.uniform(0.5, 2.0, shape)).astype(F32)
 
 
+def positive(rng, shape):
+    return rng.uniform(0.3, 2.0, shape).astype(F32)
+
+
 # -- cases ------------------------------------------------------------------------------------
 @dataclass
 class Spec:
@@ -83,9 +88,10 @@ class Spec:
     x: Callable = normal
     op: str | None = None  # op type the case tests (must appear in the program)
     eps32: float = 1e-2  # float32 FD step (ops without a double kernel in ORT)
+    y_shape: tuple | None = None  # Y's shape where ONNX's shape inference gives none
 
     def model(self):
-        return make_model(self.nodes, self.x_shape, self.inits, self.opset)
+        return make_model(self.nodes, self.x_shape, self.inits, self.opset, y_shape=self.y_shape)
 
 
 def case(id, nodes, x_shape, inits=None, *, op=None, **kw):
@@ -93,7 +99,7 @@ def case(id, nodes, x_shape, inits=None, *, op=None, **kw):
     return pytest.param(Spec(id, nodes, tuple(x_shape), dict(inits or {}), op=op, **kw), id=id)
 
 
-def one(id, op, x_shape, consts=(), *, opset=17, x=normal, eps32=1e-2, **attrs):
+def one(id, op, x_shape, consts=(), *, opset=17, x=normal, eps32=1e-2, y_shape=None, **attrs):
     """A single `op` node: Y = op(X, *consts); None in `consts` leaves that input out."""
     names, inits = ["X"], {}
     for i, c in enumerate(consts):
@@ -102,7 +108,16 @@ def one(id, op, x_shape, consts=(), *, opset=17, x=normal, eps32=1e-2, **attrs):
         else:
             names.append(f"c{i}")
             inits[f"c{i}"] = c
-    return case(id, [N(op, names, ["Y"], **attrs)], x_shape, inits, opset=opset, x=x, eps32=eps32)
+    return case(
+        id,
+        [N(op, names, ["Y"], **attrs)],
+        x_shape,
+        inits,
+        opset=opset,
+        x=x,
+        eps32=eps32,
+        y_shape=y_shape,
+    )
 
 
 def then_scale(id, nodes, x_shape, inits=None, **kw):
@@ -903,7 +918,421 @@ PLUMB = [
     then_scale("cast_float_to_float", [N("Cast", ["X"], ["T"], to=TensorProto.FLOAT)], S4),
 ]
 
-ALL = CONV + MAXPOOL + AVGPOOL + REDUCE + NORM + GEMM + MATMUL + ACT + ARITH + PLUMB
+# -- element-wise functions, selections, normalisations over trailing axes -------------------
+WIDE = away(lo=-30.0, hi=30.0)  # reaches the clamped (overflow-safe) branches
+ELEMENTWISE = [
+    one("erf", "Erf", S4),
+    one("gelu_none", "Gelu", S4, opset=20),
+    one("gelu_tanh", "Gelu", S4, opset=20, approximate="tanh"),
+    one("gelu_tanh_wide", "Gelu", S4, opset=20, x=away(lo=-12.0, hi=12.0), approximate="tanh"),
+    one("softplus", "Softplus", S4),
+    one("softplus_wide", "Softplus", S4, x=WIDE),
+    one("mish", "Mish", S4, opset=18),
+    one("mish_wide", "Mish", S4, opset=18, x=WIDE),
+    one("elu", "Elu", S4, x=away(0.0), alpha=0.7),
+    one("selu_default", "Selu", S4, x=away(0.0)),
+    one("selu_alpha_gamma", "Selu", S4, x=away(0.0), alpha=1.3, gamma=0.8),
+    one("celu", "Celu", S4, x=away(0.0), alpha=1.5),
+    one("exp", "Exp", S4),
+    one("log", "Log", S4, x=positive),
+    one("sqrt", "Sqrt", S4, x=positive),
+    one("reciprocal", "Reciprocal", S4, x=far_from_zero),
+    one("abs", "Abs", S4, x=far_from_zero),
+    one("pow_cube", "Pow", S4, [np.array(3.0, F32)]),
+    one("pow_square", "Pow", S4, [np.array(2.0, F32)]),
+    one("pow_sqrt", "Pow", S4, [np.array(0.5, F32)], x=positive),
+    one("pow_int64_exponent", "Pow", S4, [np.array(3, np.int64)]),
+    one("pow_broadcast_exponent", "Pow", (3, 5), [np.full((1, 1, 1), -1.5, F32)], x=positive),
+    case("pow_const_base", [N("Pow", ["C", "X"], ["Y"])], S4, {"C": np.array(1.7, F32)}),
+    case("max_x_const_broadcast", [N("Max", ["X", "C"], ["Y"])], S4, {"C": w(3, 1, 1)}),
+    case("max_single_input", [N("Tanh", ["X"], ["T"]), N("Max", ["T"], ["Y"])], S4, op="Max"),
+    case(
+        "min_three_broadcast",
+        [N("Tanh", ["X"], ["T"]), N("Min", ["X", "T", "C"], ["Y"])],
+        S4,
+        {"C": w(5)},
+        x=away(0.0),
+    ),
+    case(
+        "max_x_broadcast_against_sigmoid",
+        [N("Sigmoid", ["X"], ["G"]), N("Max", ["S", "G"], ["Y"])],
+        S4,
+        {"S": w(2, 3, 5, 5)},
+    ),
+    case(
+        "where_condition_from_comparisons",  # bool ops are off the float path: no rule needed
+        [
+            N("Tanh", ["X"], ["T"]),
+            N("Greater", ["X", "hi"], ["above"]),
+            N("LessOrEqual", ["X", "lo"], ["below"]),
+            N("Or", ["above", "below"], ["outside"]),
+            N("Not", ["outside"], ["inside"]),
+            N("GreaterOrEqual", ["X", "X"], ["always"]),
+            N("Equal", ["X", "X"], ["same"]),
+            N("Less", ["X", "hi"], ["under"]),
+            N("And", ["always", "same"], ["both"]),
+            N("And", ["both", "under"], ["all3"]),
+            N("And", ["inside", "all3"], ["cond"]),
+            N("Where", ["cond", "X", "T"], ["Y"]),
+        ],
+        S4,
+        {"hi": np.array(0.5, F32), "lo": np.array(-0.4, F32)},
+        x=away(0.5, -0.4),
+    ),
+    case(
+        "where_broadcast_const_branch",
+        [N("Greater", ["X", "z"], ["M"]), N("Where", ["M", "C", "X"], ["Y"])],
+        (3, 1, 5),
+        {"z": np.array(0.0, F32), "C": w(2, 3, 4, 5)},
+        x=away(0.0),
+    ),
+    case(
+        "where_const_condition",
+        [N("Sigmoid", ["X"], ["G"]), N("Where", ["M", "G", "X"], ["Y"])],
+        S4,
+        {"M": np.random.default_rng(3).random((3, 1, 5)) < 0.5},
+    ),
+    one("expand_broadcast", "Expand", (3, 1, 5), [i64(2, 3, 4, 5)]),
+    one("expand_keeps_larger_dims", "Expand", (2, 3, 4), [i64(3, 1)]),
+    one("tile", "Tile", (2, 3, 4), [i64(2, 1, 3)]),
+    one("tile_batch_axis", "Tile", (2, 3), [i64(3, 1)]),
+    one("layernorm_last_axis", "LayerNormalization", (2, 3, 5), [w(5) + 1, w(5)]),
+    one(
+        "layernorm_axis1_no_bias",
+        "LayerNormalization",
+        S4,
+        [w(3, 5, 5) + 1],
+        axis=1,
+        epsilon=1e-3,
+    ),
+    case(
+        "layernorm_mean_and_invstd_outputs",
+        [
+            N("LayerNormalization", ["X", "s", "b"], ["T", "M", "V"], axis=2),
+            N("Mul", ["T", "K"], ["A"]),
+            N("Add", ["A", "M"], ["A2"]),
+            N("Mul", ["A2", "V"], ["Y"]),
+        ],
+        (2, 3, 4),
+        {"s": w(4) + 1, "b": w(4), "K": w(2, 3, 4)},
+        op="LayerNormalization",
+    ),
+    case(
+        "layernorm_scale_and_bias_from_x",
+        [
+            N("ReduceMean", ["X"], ["S"], axes=[0, 1], keepdims=0),
+            N("ReduceMax", ["X"], ["B"], axes=[0, 1], keepdims=0),
+            N("LayerNormalization", ["X", "S", "B"], ["Y"]),
+        ],
+        (2, 3, 5),
+        x=distinct,
+    ),
+    one(
+        "groupnorm_opset21",
+        "GroupNormalization",
+        (2, 4, 3, 3),
+        [w(4) + 1, w(4)],
+        opset=21,
+        num_groups=2,
+        stash_type=11,  # the oracle's double copy computes in double (stash_type 1: float)
+        y_shape=(2, 4, 3, 3),
+    ),
+    one(
+        "groupnorm_opset21_one_group_3d",
+        "GroupNormalization",
+        (2, 6, 5),
+        [w(6) + 1, w(6)],
+        opset=21,
+        num_groups=1,
+        epsilon=1e-3,
+        stash_type=11,
+        y_shape=(2, 6, 5),
+    ),
+    one("rmsnorm_last_axis", "RMSNormalization", (2, 3, 5), [w(5) + 1], opset=23),
+    one("rmsnorm_axis_neg2", "RMSNormalization", S4, [w(5, 5) + 1], opset=23, axis=-2),
+    case(
+        "rmsnorm_scale_from_x",
+        [
+            N("ReduceMean", ["X", "ax"], ["S"], keepdims=0),
+            N("RMSNormalization", ["X", "S"], ["Y"]),
+        ],
+        (2, 3, 5),
+        {"ax": i64(0, 1)},
+        opset=23,
+    ),
+]
+
+REDUCE_MORE = [
+    one("reducemax_axes_keepdims1", "ReduceMax", S4, x=distinct, axes=[2, 3]),
+    one("reducemax_all", "ReduceMax", S4, x=distinct, keepdims=0),
+    one("reducemin_axis1_keepdims0", "ReduceMin", S4, x=distinct, axes=[1], keepdims=0),
+    one("reducemin_opset18_axes_input", "ReduceMin", S4, [i64(-1, 1)], opset=18, x=distinct),
+    one("reducel2_axis1", "ReduceL2", S4, axes=[1], keepdims=0),
+    one("reducel2_opset18_all", "ReduceL2", S4, opset=18, keepdims=1),
+    one("reducelogsumexp_last", "ReduceLogSumExp", S4, axes=[-1]),
+    one("reducelogsumexp_opset18", "ReduceLogSumExp", S4, [i64(1, 2)], opset=18, keepdims=0),
+    one("reducesumsquare", "ReduceSumSquare", S4, axes=[2], keepdims=0),
+    one("reducel1", "ReduceL1", S4, x=far_from_zero, axes=[1, 3]),
+]
+
+_IDX = i64(0, 2, -1, 2)  # a repeat and a negative index
+INDEX = [
+    one("gather_const_axis1", "Gather", S4, [_IDX], axis=1),
+    one("gather_scalar_index_class_token", "Gather", (2, 5, 4), [np.array(0, np.int64)], axis=1),
+    one("gather_2d_indices_neg_axis", "Gather", S4, [np.array([[4, 0], [-2, 4]])], axis=-1),
+    one("gather_axis0", "Gather", (5, 3), [i64(1, -1, 1)]),
+    case(
+        "gather_recorded_index",  # the index is a tensor of the forward pass (ArgMax)
+        [
+            N("ReduceSum", ["X", "ax"], ["S"], keepdims=0),
+            N("ArgMax", ["S"], ["I"], axis=0, keepdims=1),
+            N("Gather", ["X", "I"], ["Y"], axis=1),
+        ],
+        (2, 4, 3),
+        {"ax": i64(0, 2)},
+        x=distinct,
+    ),
+    one(
+        "gather_elements_axis2",
+        "GatherElements",
+        S4,
+        [np.random.default_rng(5).integers(-5, 5, (2, 3, 3, 5))],
+        axis=2,
+    ),
+    case(
+        "gather_elements_recorded_argmax",
+        [
+            N("ArgMax", ["X"], ["I"], axis=1, keepdims=1),
+            N("GatherElements", ["X", "I"], ["Y"], axis=1),
+        ],
+        S4,
+        x=distinct,
+    ),
+    one("gather_nd", "GatherND", (3, 4, 5), [np.array([[0, 1], [2, -1], [0, 1], [-3, 3]])]),
+    one("gather_nd_full_index", "GatherND", (3, 4), [np.array([[0, 1], [2, -1], [0, 1]])]),
+    one(
+        "gather_nd_batch_dims1",
+        "GatherND",
+        (2, 4, 5),
+        [np.array([[[1], [3], [1]], [[0], [-1], [2]]])],
+        batch_dims=1,
+    ),
+    case(
+        "gather_nd_recorded_argmax",
+        [
+            N("ArgMax", ["X"], ["I"], axis=1, keepdims=1),
+            N("GatherND", ["X", "I"], ["Y"], batch_dims=1),
+        ],
+        (3, 5),
+        x=distinct,
+    ),
+]
+
+
+def _resize(id, x_shape, *, scales=None, sizes=None, opset=17, **attrs):
+    inputs = ["X", "", "sc"] if scales is not None else ["X", "", "", "sz"]
+    inits = {"sc": np.array(scales, F32)} if scales is not None else {"sz": i64(*sizes)}
+    if opset == 10:
+        inputs = ["X", "sc"]
+    elif opset < 13:  # roi is a required input before opset 13
+        inputs[1], inits["roi"] = "roi", np.zeros(0, F32)
+    return case(id, [N("Resize", inputs, ["Y"], **attrs)], x_shape, inits, opset=opset, eps32=LIN)
+
+
+RESIZE = [
+    _resize("resize_nearest_default_x2", S4, scales=[1, 1, 2, 2]),
+    _resize(
+        "resize_nearest_asymmetric_floor",
+        (1, 2, 4, 5),
+        scales=[1, 1, 1.5, 2.5],
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    ),
+    _resize(
+        "resize_nearest_down_sizes_ceil_mode",
+        (1, 2, 7, 6),
+        sizes=[1, 2, 4, 3],
+        nearest_mode="round_prefer_ceil",
+    ),
+    _resize(
+        "resize_nearest_align_corners_ceil",
+        (1, 2, 4, 5),
+        sizes=[1, 2, 7, 9],
+        coordinate_transformation_mode="align_corners",
+        nearest_mode="ceil",
+    ),
+    _resize("resize_linear_half_pixel_x2", S4, scales=[1, 1, 2, 2], mode="linear"),
+    _resize(
+        "resize_linear_align_corners_sizes",
+        (1, 2, 5, 4),
+        sizes=[1, 2, 8, 7],
+        mode="linear",
+        coordinate_transformation_mode="align_corners",
+    ),
+    _resize(
+        "resize_linear_pytorch_half_pixel_down",
+        (1, 2, 6, 7),
+        sizes=[1, 2, 4, 1],
+        mode="linear",
+        coordinate_transformation_mode="pytorch_half_pixel",
+    ),
+    _resize(
+        "resize_linear_asymmetric_fractional",
+        (1, 2, 5, 4),
+        scales=[1, 1, 1.5, 0.75],
+        mode="linear",
+        coordinate_transformation_mode="asymmetric",
+    ),
+    _resize(
+        "resize_linear_half_pixel_symmetric",
+        (1, 2, 5, 4),
+        sizes=[1, 2, 8, 3],
+        opset=19,
+        mode="linear",
+        coordinate_transformation_mode="half_pixel_symmetric",
+    ),
+    _resize("resize_cubic_half_pixel_x2", (1, 2, 4, 5), scales=[1, 1, 2, 2], mode="cubic"),
+    _resize(
+        "resize_cubic_align_corners_sizes",
+        (1, 2, 5, 4),
+        sizes=[1, 2, 9, 6],
+        mode="cubic",
+        coordinate_transformation_mode="align_corners",
+    ),
+    _resize(
+        "resize_cubic_exclude_outside_a05",
+        (1, 2, 5, 6),
+        scales=[1, 1, 1.6, 1.5],
+        mode="cubic",
+        cubic_coeff_a=-0.5,
+        exclude_outside=1,
+        coordinate_transformation_mode="asymmetric",
+    ),
+    _resize(
+        "resize_opset18_axes_scales", S4, scales=[2, 1.5], opset=18, mode="linear", axes=[2, 3]
+    ),
+    _resize(
+        "resize_opset18_not_larger_sizes",
+        (1, 2, 4, 6),
+        sizes=[7, 9],
+        opset=18,
+        mode="linear",
+        axes=[2, 3],
+        keep_aspect_ratio_policy="not_larger",
+    ),
+    _resize("resize_opset10_nearest", (1, 2, 3, 4), scales=[1, 1, 2, 3], opset=10),
+    _resize(
+        "resize_opset11_tf_half_pixel_for_nn",
+        (1, 2, 4, 3),
+        scales=[1, 1, 2.5, 0.7],
+        opset=11,
+        coordinate_transformation_mode="tf_half_pixel_for_nn",
+    ),
+    _resize("resize_3d_input_linear", (2, 3, 5), scales=[1, 1, 1.8], mode="linear"),
+    case(
+        "upsample_opset9_nearest",
+        [N("Upsample", ["X", "sc"], ["Y"])],
+        (1, 2, 3, 4),
+        {"sc": np.array([1, 1, 2, 2.5], F32)},
+        opset=9,
+        eps32=LIN,
+    ),
+]
+
+CONTRACT = [
+    case(
+        "einsum_attention_scores",
+        [N("Einsum", ["X", "K"], ["Y"], equation="bhqd,bhkd->bhqk")],
+        (2, 3, 4, 5),
+        {"K": w(2, 3, 6, 5)},
+    ),
+    case(
+        "einsum_both_operands_from_x",
+        [
+            N("ReduceMean", ["X"], ["C"], axes=[2, 3], keepdims=0),
+            N("Einsum", ["X", "C"], ["Y"], equation="bchw,bc->bhw"),
+        ],
+        S4,
+    ),
+    case(
+        "einsum_letter_summed_in_one_operand",
+        [N("Einsum", ["X", "W"], ["Y"], equation="bchw, ck -> bkh")],
+        S4,
+        {"W": w(3, 4)},
+    ),
+    case(
+        "einsum_ellipsis_implicit_output",
+        [N("Einsum", ["X", "W"], ["Y"], equation="...ij,jk")],
+        (2, 3, 4),
+        {"W": w(4, 5)},
+    ),
+    case("einsum_single_operand", [N("Einsum", ["X"], ["Y"], equation="bchw->bwc")], S4),
+    one(
+        "convtranspose_stride2_pads_output_padding",
+        "ConvTranspose",
+        (2, 3, 4, 4),
+        [w(3, 2, 3, 3), w(2)],
+        eps32=LIN,
+        strides=[2, 2],
+        pads=[1, 0, 1, 1],
+        output_padding=[1, 0],
+    ),
+    one(
+        "convtranspose_group_dilation",
+        "ConvTranspose",
+        (1, 4, 5, 5),
+        [w(4, 3, 2, 2)],
+        eps32=LIN,
+        group=2,
+        dilations=[2, 1],
+    ),
+    one(
+        "convtranspose_same_upper",
+        "ConvTranspose",
+        (1, 2, 4, 5),
+        [w(2, 3, 3, 3)],
+        eps32=LIN,
+        strides=[2, 2],
+        auto_pad="SAME_UPPER",
+    ),
+    one(
+        "convtranspose_same_lower",
+        "ConvTranspose",
+        (1, 2, 4, 5),
+        [w(2, 3, 4, 3)],
+        eps32=LIN,
+        strides=[2, 2],
+        auto_pad="SAME_LOWER",
+    ),
+    one(
+        "convtranspose_output_shape",
+        "ConvTranspose",
+        (1, 2, 4, 4),
+        [w(2, 2, 3, 3)],
+        eps32=LIN,
+        strides=[2, 2],
+        output_shape=[9, 8],
+    ),
+    one("convtranspose_1d", "ConvTranspose", (2, 3, 6), [w(3, 2, 4)], eps32=LIN, strides=[3]),
+]
+
+ALL = (
+    CONV
+    + MAXPOOL
+    + AVGPOOL
+    + REDUCE
+    + NORM
+    + GEMM
+    + MATMUL
+    + ACT
+    + ARITH
+    + PLUMB
+    + ELEMENTWISE
+    + REDUCE_MORE
+    + INDEX
+    + RESIZE
+    + CONTRACT
+)
 
 
 def _rng(spec: Spec):
@@ -943,9 +1372,11 @@ def test_rule_matches_finite_differences(spec: Spec):
 
 
 def test_every_gradient_rule_has_a_case():
+    from test_quantized import STE_OPS  # piecewise constant: checked against autograd there
+
     from tsgb_onnx.rules.gradient import GRADIENT
 
-    tested = {p.values[0].op for p in ALL}
+    tested = {p.values[0].op for p in ALL} | STE_OPS
     assert GRADIENT.op_types() <= tested, (
         f"rules without a finite-difference case: {sorted(GRADIENT.op_types() - tested)}"
     )
@@ -1051,15 +1482,15 @@ def test_lrn_rule_matches_spec_formula(size):
 
 
 # -- an op without a rule on the backward path fails at construction --------------------------
-def test_unsupported_op_erf_names_node_and_op():
+def test_unsupported_op_sin_names_node_and_op():
     model = make_model(
-        [N("Erf", ["X"], ["E"], name="my_erf_node"), N("Mul", ["E", "K"], ["Y"])], S4, {"K": w(*S4)}
+        [N("Sin", ["X"], ["E"], name="my_sin_node"), N("Mul", ["E", "K"], ["Y"])], S4, {"K": w(*S4)}
     )
     with pytest.raises(UnsupportedOpError) as info:
         Explainer(model, method="gradient")
     msg = str(info.value)
-    assert "my_erf_node" in msg and "Erf" in msg
-    assert ("my_erf_node", "Erf") in info.value.nodes
+    assert "my_sin_node" in msg and "Sin" in msg
+    assert ("my_sin_node", "Sin") in info.value.nodes
 
 
 def test_unsupported_op_topk_names_node_and_op():
@@ -1072,3 +1503,252 @@ def test_unsupported_op_topk_names_node_and_op():
         Explainer(model, method="gradient")
     msg = str(info.value)
     assert "the_topk" in msg and "TopK" in msg
+
+
+# -- ties of Max / Min and ReduceMax / ReduceMin: the signal is split evenly between the tied
+#    operands / positions (PyTorch's maximum / amax convention), on both backends
+def _vjp_both_backends(model, x, seed):
+    from onnx_builders import session
+
+    from tsgb_onnx.convert import convert_vjp
+
+    engine = Explainer(model, method="gradient", backend="numpy").vjp(x, seed)
+    (compiled,) = session(convert_vjp(model, method="gradient")).run(
+        ["signal"], {"X": x, "seed": seed}
+    )
+    return engine, compiled
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_ties_split_evenly_like_torch(op):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = rng.integers(-1, 2, (2, 3, 4)).astype(F32)  # many ties with the constant
+    c = rng.integers(-1, 2, (3, 1)).astype(F32)
+    model = make_model([N(op, ["X", "C"], ["Y"])], x.shape, {"C": c})
+    seed = rng.standard_normal((2, 3, 4)).astype(F32)
+    xt = torch.tensor(x, requires_grad=True)
+    fn = torch.maximum if op == "Max" else torch.minimum
+    fn(xt, torch.tensor(c)).backward(torch.tensor(seed))
+    assert (x == np.broadcast_to(c, x.shape)).any()
+    for got in _vjp_both_backends(model, x, seed):
+        np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_max_of_three_ties_split_in_thirds():
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 2, (2, 5)).astype(F32)
+    c1, c2 = np.ones((2, 5), F32), rng.integers(0, 2, (2, 5)).astype(F32)
+    model = make_model([N("Max", ["C1", "X", "C2"], ["Y"])], x.shape, {"C1": c1, "C2": c2})
+    seed = rng.standard_normal(x.shape).astype(F32)
+    y = np.maximum(np.maximum(c1, x), c2)
+    ties = (c1 == y).astype(F32) + (x == y) + (c2 == y)
+    expected = seed * (x == y) / ties
+    assert ((ties == 3) & (x == y)).any() and ((ties == 2) & (x == y)).any()
+    for got in _vjp_both_backends(model, x, seed):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+def test_reduce_max_min_ties_split_evenly_like_torch_amax(op):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    x = rng.integers(-1, 2, (2, 3, 4, 4)).astype(F32)
+    model = make_model([N(op, ["X"], ["Y"], axes=[2, 3], keepdims=0)], x.shape)
+    seed = rng.standard_normal((2, 3)).astype(F32)
+    xt = torch.tensor(x, requires_grad=True)
+    fn = torch.amax if op == "ReduceMax" else torch.amin
+    fn(xt, dim=(2, 3)).backward(torch.tensor(seed))
+    for got in _vjp_both_backends(model, x, seed):
+        np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# -- Resize: the interpolation matrices against ONNX's reference implementation, on shapes and
+#    modes the finite-difference cases do not reach (ONNX Runtime's CPU kernel would run them
+#    only in 2-D / 4-D; the reference is N-D and independent of the rule's code)
+@pytest.mark.parametrize(
+    "mode, ctm, n_in, n_out",
+    [
+        ("nearest", "half_pixel", 7, 3),
+        ("nearest", "asymmetric", 4, 9),
+        ("linear", "half_pixel", 9, 4),
+        ("linear", "align_corners", 1, 5),
+        ("cubic", "pytorch_half_pixel", 6, 11),
+        ("cubic", "half_pixel", 8, 5),
+        ("linear", "pytorch_half_pixel", 5, 1),
+    ],
+)
+def test_resize_matrix_matches_onnx_reference(mode, ctm, n_in, n_out):
+    from onnx.reference import ReferenceEvaluator
+
+    from tsgb_onnx.rules.gradient import resize_matrix
+
+    model = make_model(
+        [
+            N(
+                "Resize",
+                ["X", "", "", "sz"],
+                ["Y"],
+                mode=mode,
+                coordinate_transformation_mode=ctm,
+            )
+        ],
+        (n_in, 1),
+        {"sz": i64(n_out, 1)},
+    )
+    basis = np.eye(n_in, dtype=F32).reshape(n_in, n_in, 1).transpose(1, 0, 2)  # [k, n_in, 1]
+    ref = ReferenceEvaluator(model)
+    columns = [ref.run(None, {"X": basis[k]})[0][:, 0] for k in range(n_in)]
+    expected = np.stack(columns, axis=1)  # [n_out, n_in]
+    got = resize_matrix(n_in, n_out, np.float32(n_out) / np.float32(n_in), mode, ctm)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# -- GroupNormalization before opset 21 scales per group (ONNX 1.23's checker refuses those
+#    models, so the rule is called directly): the per-group scale is repeated per channel
+class _Node18(_FakeNode):
+    def __init__(self, scale, **attrs):
+        super().__init__(**attrs)
+        self.name, self.op_type, self.opset, self._scale = "gn", "GroupNormalization", 18, scale
+
+    def const(self, i):
+        return self._scale if i == 1 else None
+
+    def has_input(self, i):
+        return i in (0, 1, 2)
+
+
+def test_groupnorm_opset18_per_group_scale_matches_torch():
+    torch = pytest.importorskip("torch")
+    from tsgb_onnx.backends.numpy_ops import NumpyOps
+    from tsgb_onnx.rules.gradient import GRADIENT
+
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((2, 6, 3, 2)).astype(F32)
+    seed = rng.standard_normal(x.shape).astype(F32)
+    scale = np.array([0.5, -1.5, 2.0], F32)  # one value per group of 2 channels
+    node = _Node18(scale, num_groups=3, epsilon=1e-3)
+    rule = GRADIENT.lookup("GroupNormalization").fn
+    got = rule(NumpyOps(), node, _FakeFwd(x), [seed], {})[0]
+    xt = torch.tensor(x, requires_grad=True)
+    weight = torch.tensor(np.repeat(scale, 2))
+    torch.nn.functional.group_norm(xt, 3, weight, None, eps=1e-3).backward(torch.tensor(seed))
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# -- attribute combinations without a rule: a ModelError naming the node and what to do ------
+REFUSED = [
+    pytest.param(
+        [
+            N(
+                "Resize",
+                ["X", "roi", "", "sz"],
+                ["Y"],
+                name="crop",
+                mode="linear",
+                coordinate_transformation_mode="tf_crop_and_resize",
+            )
+        ],
+        {"roi": np.array([0, 0, 0.1, 0.2, 1, 1, 0.9, 0.8], F32), "sz": i64(1, 2, 5, 5)},
+        18,
+        "node 'crop'.*tf_crop_and_resize.*supported:",
+        id="resize_tf_crop_and_resize",
+    ),
+    pytest.param(
+        [N("Resize", ["X", "", "sc"], ["Y"], name="aa", mode="linear", antialias=1)],
+        {"sc": np.array([1, 1, 0.5, 0.5], F32)},
+        18,
+        "node 'aa'.*antialias=1.*export with antialias=0",
+        id="resize_antialias",
+    ),
+    pytest.param(
+        [N("Relu", ["X"], ["R"]), N("Pow", ["X", "R"], ["Y"], name="pw")],
+        {},
+        17,
+        "node 'pw'.*both vary.*constant exponent",
+        id="pow_both_variable",
+    ),
+    pytest.param(
+        [N("Pow", ["X", "P"], ["Y"], name="pe")],
+        {"P": np.array([1.0, 2.0, 3.0, 4.0], F32)},
+        17,
+        "node 'pe'.*one value",
+        id="pow_per_element_exponent",
+    ),
+    pytest.param(
+        [N("Einsum", ["X", "W"], ["Y"], name="diag", equation="bcii,ck->bki")],
+        {"W": w(2, 3)},
+        17,
+        "node 'diag'.*repeated subscript",
+        id="einsum_diagonal",
+    ),
+]
+
+
+@pytest.mark.parametrize("nodes, inits, opset, message", REFUSED)
+def test_unsupported_attributes_are_refused_by_name(nodes, inits, opset, message):
+    from tsgb_onnx.convert import convert_vjp
+    from tsgb_onnx.errors import ModelError
+
+    model = make_model(nodes, (1, 2, 4, 4), inits, opset)
+    with pytest.raises(ModelError, match=message):
+        convert_vjp(model, method="gradient")
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (1, 2, 4, 4)).astype(F32)
+    seed = np.ones_like(evaluate(model, x))
+    with pytest.raises(ModelError, match=message):
+        Explainer(model, method="gradient", backend="numpy").vjp(x, seed)
+
+
+# -- the new rules together, on graphs the PyTorch exporters write (shape chains that compute
+#    Resize sizes, Gather of a token, LayerNorm / GroupNorm / GELU, attention einsums), against
+#    autograd, on the NumPy engine and on the compiled explainer with a dynamic batch
+def _modern_net():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+            self.gn = torch.nn.GroupNorm(2, 6)
+            self.ln = torch.nn.LayerNorm(6)
+            self.fc = torch.nn.Linear(6, 5)
+
+        def forward(self, x):
+            h = self.gn(self.up(F.gelu(self.conv(x))))
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            h = F.interpolate(h, size=(9, 7), mode="nearest")
+            h = F.interpolate(h, size=(8, 8), mode="bicubic", align_corners=True)
+            t = F.gelu(self.ln(h.flatten(2).transpose(1, 2)), approximate="tanh")  # [B, 64, 6]
+            att = torch.einsum("bqd,bkd->bqk", t, t).softmax(-1)
+            t = torch.einsum("bqk,bkd->bqd", att, t)
+            token = t[:, 0] + t.amax(1) + F.mish(t).mean(1)
+            return self.fc(F.elu(token) + torch.sqrt(t.pow(2).mean(1) + 1))
+
+    torch.manual_seed(0)
+    return torch, Net().eval()
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_modern_ops_net_matches_autograd_on_both_backends(dynamo):
+    torch, net = _modern_net()
+    from nets import export_onnx
+    from onnx_builders import session
+
+    from tsgb_onnx.convert import convert_vjp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export_onnx(net, torch.randn(2, 3, 8, 8), dynamo=dynamo)
+        vjp_model = convert_vjp(proto, method="gradient")
+    x = torch.randn(3, 3, 8, 8)  # another batch size than the export's
+    seed = torch.randn(3, 5)
+    xt = x.clone().requires_grad_(True)
+    net(xt).backward(seed)
+    expected = xt.grad.numpy()
+    scale = np.abs(expected).max()
+    engine = Explainer(proto, method="gradient", backend="numpy").vjp(x.numpy(), seed.numpy())
+    (compiled,) = session(vjp_model).run(["signal"], {"input": x.numpy(), "seed": seed.numpy()})
+    for got in (engine, compiled):
+        assert np.abs(got - expected).max() <= 1e-4 * scale

@@ -53,7 +53,7 @@ def main() -> None:
                 cells.append(np.abs(grad - ref).max() / np.abs(ref).max())
                 for compat in (False, True):
                     ours = (
-                        Explainer(proto, method="tsgb", reference_compat=compat)
+                        Explainer(proto, method="tsgb", alpha=1.0, reference_compat=compat)
                         .explain(x, target=target)
                         .saliency
                     )

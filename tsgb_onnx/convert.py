@@ -44,18 +44,29 @@ def convert(
     layer: str | None = None,
     keep_signal: bool = False,
     output: str | None = None,
+    optional_target: bool = False,
     **options,
 ) -> onnx.ModelProto:
     """An ONNX model that returns the model's outputs plus `saliency` for `method`.
 
     `layer` picks the tensor the map is taken at (default: the model input); `output` the
     logits when the model has several outputs; `options` are the method's (e.g. alpha).
-    Feed `target` (int64, [B] or [1]) to choose classes; < 0 or not fed means top-1. A row
-    whose target is >= the number of classes gets a NaN map.
+    Inputs: the model's, and `target` (int64, [B] one per row or [1] for every row; < 0 means
+    the row's top-1). A row whose target is >= the number of classes, and every row of a
+    `target` of another length, gets a NaN map. `optional_target=True` gives `target` the
+    default [-1], so it may be left unfed (runtimes then list it among the overridable
+    initializers, not the inputs).
     """
     chosen = _one_pass(method)
     return compile_model(
-        model, chosen, chosen.resolve_options(options), layer, output, keep_signal, seed_input=False
+        model,
+        chosen,
+        chosen.resolve_options(options),
+        layer,
+        output,
+        keep_signal,
+        seed_input=False,
+        optional_target=optional_target,
     )
 
 

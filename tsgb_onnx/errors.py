@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class TsgbError(Exception):
     """Base class of all tsgb-onnx errors; the CLI prints the message as one line."""
@@ -9,6 +11,15 @@ class TsgbError(Exception):
 
 class ModelError(TsgbError):
     """The model file cannot be loaded, checked or understood."""
+
+
+class NonFiniteError(ModelError):
+    """The model computes NaN or Inf: a constant on the path holds one, or the forward pass
+    (or a method's backward) overflows; the message names the first such tensor."""
+
+
+class OutOfMemoryError(TsgbError, MemoryError):
+    """The machine (or an ONNX Runtime arena) ran out of memory; the message says during what."""
 
 
 class UnsupportedOpError(ModelError):
@@ -39,3 +50,32 @@ class MethodError(TsgbError, ValueError):
 
 class RuntimeUnavailableError(TsgbError):
     """ONNX Runtime (or a requested provider) is not installed."""
+
+
+# ONNX Runtime reports a failed allocation as a RuntimeException, not a MemoryError
+_MEMORY_MESSAGE = re.compile(
+    r"bad[_ ]alloc|bad allocation|failed to allocate|out of memory|cannot allocate memory",
+    re.IGNORECASE,
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception that caused it, is a failed memory allocation."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or _MEMORY_MESSAGE.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def out_of_memory(exc: BaseException, doing: str, batch: bool = False) -> OutOfMemoryError:
+    """The one-line error for a memory failure `exc` that happened while `doing` (`batch`:
+    a smaller batch would need less)."""
+    detail = str(exc).strip().splitlines()
+    said = f" ({detail[-1][:200]})" if detail else ""
+    smaller = " or explain a smaller batch" if batch else ""
+    return OutOfMemoryError(
+        f"out of memory while {doing}{said}: free memory (close other programs){smaller}"
+    )

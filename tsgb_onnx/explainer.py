@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,17 +14,29 @@ from tsgb_onnx.backends.compile import SALIENCY, SIGNAL, TARGET, compile_explain
 from tsgb_onnx.backends.device import DeviceChoice, resolve_device
 from tsgb_onnx.engine.executor import run_program_rows
 from tsgb_onnx.engine.ops import ArrayOps
-from tsgb_onnx.engine.program import REFERENCE, Program, plan
-from tsgb_onnx.engine.record import ForwardRecorder
-from tsgb_onnx.errors import InputError, MethodError, ModelError, TargetError
-from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph
+from tsgb_onnx.engine.program import REFERENCE, Program, live_tensors, plan
+from tsgb_onnx.engine.record import ForwardRecorder, first_non_finite, to_float32
+from tsgb_onnx.errors import (
+    InputError,
+    MethodError,
+    ModelError,
+    NonFiniteError,
+    TargetError,
+    TsgbError,
+)
+from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants
 from tsgb_onnx.methods.base import MapMethod, Method
 from tsgb_onnx.methods.result import Explanation, TargetLike, resolve_targets
 from tsgb_onnx.methods.table import get_method
 
-__all__ = ["Explainer", "Explanation", "resolve_targets", "BACKENDS"]
+__all__ = ["Explainer", "Explanation", "resolve_targets", "BACKENDS", "EngineFallbackWarning"]
 
 BACKENDS = ("auto", "compiled", "numpy")
+
+
+class EngineFallbackWarning(UserWarning):
+    """backend='auto' explains with the NumPy engine because the compiled explainer cannot
+    hold the model (e.g. a dynamic image size); said once per model and reason."""
 
 
 @dataclass
@@ -39,6 +52,7 @@ class _Shared:
     providers: Sequence | None
     consts: dict = field(default_factory=dict)
     subs: dict = field(default_factory=dict)
+    noted: set = field(default_factory=set)  # the fallback notes already given
 
 
 class Explainer:
@@ -136,20 +150,35 @@ class Explainer:
     # -- running -------------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Plain forward pass: the logits."""
-        return self.recorder.infer(self._check_input(x))
+        x = self._check_input(x)
+        logits = self.recorder.infer(x)
+        self._check_finite(x, {"logits": logits})
+        return logits
 
     def explain(
         self, x: np.ndarray, target: TargetLike = None, layer: str | None = None
     ) -> Explanation:
-        """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`."""
+        """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`.
+
+        A NaN or Inf logit, map or signal is a `NonFiniteError` naming the first non-finite
+        tensor of the forward pass (checked once per call, on the outputs)."""
+        x = self._check_input(x)
         if isinstance(self.method, MapMethod):
-            result = self.method.compute(self, self._check_input(x), target, layer, self.options)
+            result = self.method.compute(self, x, target, layer, self.options)
             result.method = self.method.name
-            return result
-        session = self._compiled_session(layer)
-        if session is not None:
-            return self._explain_compiled(session, x, target, layer)
+        else:
+            session = self._compiled_session(layer)
+            if session is not None:
+                result = self._explain_compiled(session, x, target, layer)
+            else:
+                result = self._explain_engine(x, target, layer)
+        outputs = {"logits": result.logits, "map": result.saliency, "signal": result.signal}
+        self._check_finite(x, outputs, result.layer, targets=result.target)
+        return result
+
+    def _explain_engine(self, x: np.ndarray, target: TargetLike, layer: str | None):
         program, logits, values, shapes = self._record(x, layer)
+        self._check_finite(x, {"logits": logits})  # before a backward pass through NaN
         targets = self.targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activation = self._activation(values, program.layer, program.reference)
@@ -169,18 +198,21 @@ class Explainer:
         if isinstance(self.method, MapMethod):
             return self.sub_explainer(self.method.backward).signals(x, target, layers)
         layers = tuple(dict.fromkeys(layers)) or (self.graph.input_name,)
+        x = self._check_input(x)
         program, logits, values, shapes = self._record(x, layers[0], layers)
+        self._check_finite(x, {"logits": logits})
         targets = self.targets(target, logits)
         seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
         activations = {t: values[t] for t in layers}
         tapped: dict = {}
         self._backward(program, values, shapes, seed, tapped)
         to_np = self.ops.to_numpy
-        return (
-            np.asarray(logits),
-            targets,
-            {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers},
-        )
+        taken = {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers}
+        logits = np.asarray(logits)
+        checked = {f"activation at '{t}'": a for t, (a, _) in taken.items()}
+        checked.update({f"signal at '{t}'": g for t, (_, g) in taken.items()})
+        self._check_finite(x, {"logits": logits, **checked}, layers[0], targets=targets)
+        return logits, targets, taken
 
     def reference_input(self, x: np.ndarray) -> np.ndarray:
         """The reference pass's input for `x` (methods with a reference, e.g. the baseline)."""
@@ -219,14 +251,23 @@ class Explainer:
             try:
                 model = compile_explainer(self.graph, self.method, self.options, layer)
                 self._compiled[layer] = self.recorder.session_for(model, self.threads)
-            except ModelError:
+            except ModelError as exc:  # e.g. dynamic image sizes: the engine copes
                 if self.backend == "compiled":
                     raise
-                self._compiled[layer] = None  # e.g. dynamic image sizes: the engine copes
+                self._compiled[layer] = None
+                self._note(
+                    f"the compiled explainer cannot hold this model ({exc}); explaining "
+                    "with the NumPy engine instead (the same maps, slower)"
+                )
         return self._compiled[layer]
 
+    def _note(self, message: str) -> None:
+        """Warn with `message` once per model (sub-explainers share the record)."""
+        if message not in self._shared.noted:
+            self._shared.noted.add(message)
+            warnings.warn(message, EngineFallbackWarning, stacklevel=4)
+
     def _explain_compiled(self, session, x, target, layer) -> Explanation:
-        x = self._check_input(x)
         # the explainer's logits output has a static class count (read from ONNX Runtime)
         logits_meta = next(o for o in session.get_outputs() if o.name == self.graph.logits_name)
         classes = int(logits_meta.shape[1])
@@ -238,8 +279,9 @@ class Explainer:
         saliency, signal, logits = self.recorder.run_session(
             session,
             [SALIENCY, SIGNAL, self.graph.logits_name],
-            {self.graph.input_name: x, TARGET: fed},
+            {self.graph.input_name: self.recorder.feed(x), TARGET: fed},
         )
+        logits = to_float32(logits)
         targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
         return Explanation(
             saliency=saliency,
@@ -252,16 +294,23 @@ class Explainer:
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
         """Backward signal at `layer` for an arbitrary signal `seed` at the logits."""
+        x = self._check_input(x)
         program, logits, values, shapes = self._record(x, layer)
+        self._check_finite(x, {"logits": logits})
         seed = np.asarray(seed, dtype=logits.dtype)
         if seed.shape != logits.shape:
             raise InputError(f"seed shape {seed.shape} differs from the logits' {logits.shape}")
-        seed = self.ops.asarray(seed, dtype=logits.dtype)
-        return self.ops.to_numpy(self._backward(program, values, shapes, seed))
+        if not np.isfinite(seed).all():
+            raise InputError("seed holds NaN or Inf: give a finite seed")
+        signal = self.ops.to_numpy(
+            self._backward(program, values, shapes, self.ops.asarray(seed, dtype=logits.dtype))
+        )
+        self._check_finite(x, {"signal": signal}, layer, seed=seed)
+        return signal
 
     def _record(self, x, layer, taps: Sequence[str] = ()):
-        """Check `x`, plan for `layer` (and `taps`), run the recording forward pass(es)."""
-        x = self._check_input(x)
+        """Plan for `layer` (and `taps`), run the recording forward pass(es) on `x` (checked
+        by the caller)."""
         program = self.program(layer, taps)
         plain = tuple(t for t in program.record if not t.startswith(REFERENCE))
         logits, values, shapes = self.recorder.run(x, plain, program.record_shapes)
@@ -292,12 +341,97 @@ class Explainer:
             method=self.method.name,
         )
 
+    # -- non-finite results ------------------------------------------------------------------
+    def _check_finite(
+        self,
+        x: np.ndarray,
+        outputs: dict[str, Any],
+        layer: str | None = None,
+        targets: np.ndarray | None = None,
+        seed: np.ndarray | None = None,
+    ) -> None:
+        """NonFiniteError when an output holds NaN/Inf: one `isfinite` per output and call;
+        only then are the forward pass and (with `targets` or `seed`) the backward diagnosed."""
+        for what, value in outputs.items():
+            if value is not None and not np.isfinite(value).all():
+                if seed is None and targets is not None:  # the one-hot seed of `targets`
+                    seed = np.eye(outputs["logits"].shape[1], dtype=np.float32)[targets]
+                raise NonFiniteError(self._diagnose(x, what, np.asarray(value), layer, seed))
+
+    def _diagnose(self, x, what: str, value: np.ndarray, layer, seed) -> str:
+        """The message for a non-finite `value`: where it starts, on the first failing row."""
+        kind = "NaN" if np.isnan(value).any() else "Inf"
+        bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1) if value.ndim else [True]
+        row = min(int(np.argmax(bad)), len(x) - 1)
+        batch = (self.graph.input_shape or (None,))[0]
+        rows = slice(None) if isinstance(batch, int) and batch > 0 else slice(row, row + 1)
+        head = f"{kind} in the {what} (row {row})"
+        try:
+            return head + self._culprit(x[rows], None if seed is None else seed[rows], layer)
+        except TsgbError as exc:  # the diagnosis failed: the NaN is still the error
+            return f"{head}; where it starts could not be found ({exc})"
+
+    def _culprit(self, x, seed, layer) -> str:
+        """The first non-finite tensor of the forward pass, else (a rule method with a
+        `seed`) the first non-finite signal of the backward, as the rest of a message."""
+        cpu = self.device.name != "cuda"
+        recorder = ForwardRecorder(self.graph, self._shared.providers if cpu else None)
+        tensor = first_non_finite(recorder, x)
+        if tensor is not None:
+            node = self.graph.producer[tensor]
+            return (
+                f": the forward pass first becomes non-finite at tensor '{tensor}' (output of "
+                f"node '{node.name}' ({node.op_type})) on the way to the logits, as its values "
+                "overflow float32 or leave the op's domain on this input: check the model's "
+                "weights and the input's scale"
+            )
+        found = None
+        if seed is not None and isinstance(self.method, Method):
+            found = self._first_non_finite_signal(x, seed, layer)
+        if found is None:
+            return (
+                f" of method '{self.method.name}' although every tensor of the forward pass "
+                "is finite: the method divides by zero or overflows float32 on this input; "
+                "try another method or rescale the input"
+            )
+        tensor, node = found
+        return (
+            f": the forward pass is finite, but the backward signal of method "
+            f"'{self.method.name}' first becomes non-finite at tensor '{tensor}' (the step of "
+            f"node '{node.name}' ({node.op_type})), which divides by (near) zero or overflows "
+            "float32 on this input: try another method or rescale the input"
+        )
+
+    def _first_non_finite_signal(self, x, seed, layer):
+        """(tensor, node) of the first signal, in backward order, that is not finite: one
+        more backward pass with every tensor on the path tapped (the failure path only)."""
+        graph = self.graph
+        live = live_tensors(graph, layer)
+        layer = layer or graph.input_name
+        taps = tuple(
+            t
+            for n in graph.nodes
+            for t in n.outputs
+            if t in live and t not in (layer, graph.logits_name)
+        )
+        program, logits, values, shapes = self._record(x, layer, taps)
+        tapped: dict = {}
+        seed = self.ops.asarray(np.asarray(seed, dtype=np.float32), dtype=logits.dtype)
+        tapped[layer] = self._backward(program, values, shapes, seed, tapped)
+        for step in program.steps:
+            for t in step.produces:
+                if t in tapped and not np.isfinite(self.ops.to_numpy(tapped[t])).all():
+                    return t, step.node
+        return None
+
     # -- validation ------------------------------------------------------------------------------
     def _check_input(self, x) -> np.ndarray:
         name = self.graph.input_name
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)
+            except MemoryError:
+                raise
             except Exception:
                 raise InputError(f"input must be an array, got {type(x).__name__}") from None
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
@@ -375,6 +509,7 @@ def _shared(
             )
         backend = "numpy"  # the engine, with CuPy as its array namespace
     graph = build_graph(model, output=output)
+    check_finite_constants(graph)  # a NaN weight on the path: refused before anything runs
     return _Shared(
         graph=graph,
         recorder=choice.recorder(graph, providers),

@@ -25,8 +25,8 @@ from tsgb_onnx.engine.executor import run_program
 from tsgb_onnx.engine.program import Program, plan
 from tsgb_onnx.engine.record import ForwardRecorder
 from tsgb_onnx.engine.rule import RuleSource
-from tsgb_onnx.errors import MethodError, ModelError, TsgbError
-from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, load_model
+from tsgb_onnx.errors import MethodError, ModelError, TsgbError, is_out_of_memory, out_of_memory
+from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants, load_model
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
@@ -70,8 +70,10 @@ def compile_model(
     keep_signal: bool,
     seed_input: bool,
     expose_logits: bool = False,
+    optional_target: bool = False,
 ) -> onnx.ModelProto:
-    """Emit `method`'s reverse program (options already resolved) into the model."""
+    """Emit `method`'s reverse program (options already resolved) into the model.
+    `optional_target`: `target` gets the default [-1] (top-1), so it may be left unfed."""
     if method.needs_reference:
         raise MethodError(
             f"method '{method.name}' needs a second (reference) forward pass, which a compiled "
@@ -83,6 +85,7 @@ def compile_model(
         proto = load_model(model)
         _refuse_explainer(proto)
         graph = build_graph(proto, output=output)
+        check_finite_constants(graph)  # (the Explainer checked its graph when it was built)
     original_opset = graph.opset
     needed = max(graph.opset, MIN_OPSET)
     while True:
@@ -100,7 +103,16 @@ def compile_model(
             ConvertWarning,
             stacklevel=3,
         )
-    return _assemble(graph, emitted, method, options, seed_input, original_opset, expose_logits)
+    return _assemble(
+        graph,
+        emitted,
+        method,
+        options,
+        seed_input,
+        original_opset,
+        expose_logits,
+        optional_target,
+    )
 
 
 def _refuse_explainer(proto: onnx.ModelProto) -> None:
@@ -116,6 +128,8 @@ def _upgraded(proto, opset: int, output, original: int) -> Graph:
     try:
         upgraded = onnx.version_converter.convert_version(proto, opset)
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, f"upgrading the model to opset {opset}") from exc
         raise ModelError(
             f"the explainer needs opset {opset} but the model is opset {original} and ONNX's "
             f"version converter failed ({str(exc).splitlines()[0] if str(exc) else exc}): "
@@ -185,6 +199,8 @@ class _ConstantHandles(dict):
     def __missing__(self, name):
         value = self._graph.constants[name]
         handle = self._ops.const(value, value.dtype, name=name)
+        if value.dtype.kind == "f" and value.dtype != np.float32:
+            handle = self._ops.asarray(handle)  # float16/float64 weights: the backward's float32
         self[name] = handle
         return handle
 
@@ -262,10 +278,28 @@ def _materialize(ops: OnnxOps, handle: Sym) -> Sym:
 
 
 def _target_seed(ops: OnnxOps, builder: GraphBuilder, logits: Sym):
-    """One-hot seed from the optional `target` input (< 0: the row's top-1 class)."""
+    """One-hot seed from the `target` input: [B] (one per row) or [1] (every row); < 0 is the
+    row's top-1 class. A row whose target is >= the class count, and every row of a target of
+    another length, is marked invalid (its map is NaN): no runtime error from inside."""
     batch, classes = logits.shape[0], int(logits.shape[1])
+
+    def const(value) -> str:
+        return ops._in(ops.const(np.asarray(value, dtype=np.int64)))
+
     (top1,) = builder.node("ArgMax", [logits.name], axis=1, keepdims=0)
-    target = Sym(TARGET, (1,), np.int64)
+    (logits_shape,) = builder.node("Shape", [logits.name])
+    (rows,) = builder.node("Gather", [logits_shape, const(0)], axis=0)  # scalar B
+    (target_shape,) = builder.node("Shape", [TARGET])
+    (given,) = builder.node("Gather", [target_shape, const(0)], axis=0)  # scalar length
+    (row_index,) = builder.node("Range", [const(0), rows, const(1)])
+    (divisor,) = builder.node("Max", [given, const(1)])
+    (index,) = builder.node("Mod", [row_index, divisor])
+    (padded,) = builder.node("Concat", [TARGET, const([-1])], axis=0)  # an empty target: -1
+    (per_row,) = builder.node("Gather", [padded, index], axis=0)
+    (same,) = builder.node("Equal", [given, rows])
+    (single,) = builder.node("Equal", [given, const(1)])
+    (length_ok,) = builder.node("Or", [same, single])
+    target = Sym(per_row, (batch,), np.int64)
     chosen = ops._emit(
         "Where",
         [ops.less(target, ops.const(np.int64(0))), Sym(top1, (batch,), np.int64), target],
@@ -276,7 +310,8 @@ def _target_seed(ops: OnnxOps, builder: GraphBuilder, logits: Sym):
     classes_row = ops.const(np.arange(classes, dtype=np.int64).reshape(1, classes))
     hit = ops._emit("Equal", [column, classes_row], (batch, classes), np.bool_)
     seed = ops.asarray(hit, np.float32)
-    valid = ops.less(chosen, ops.const(np.int64(classes)))
+    in_range = ops.less(chosen, ops.const(np.int64(classes)))
+    valid = ops.logical_and(in_range, Sym(length_ok, (), np.bool_))
     return seed, valid
 
 
@@ -294,6 +329,7 @@ def _assemble(
     seed_input: bool,
     original_opset: int,
     expose_logits: bool = False,
+    optional_target: bool = False,
 ) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
@@ -309,9 +345,11 @@ def _assemble(
     if seed_input:
         g.input.append(helper.make_tensor_value_info(SEED, TensorProto.FLOAT, logits_shape))
     else:
-        # an initializer with an input's name is that input's default: [-1] = top-1 for all
-        g.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
-        g.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), TARGET))
+        # a graph input every runtime lists (serving stacks build their feeds from it); the
+        # optional form is an initializer with the input's name: [-1] = top-1 for all rows
+        g.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["targets"]))
+        if optional_target:
+            g.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), TARGET))
     for handle, name in emitted.outputs:
         g.output.append(
             helper.make_tensor_value_info(
@@ -341,6 +379,8 @@ def _assemble(
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, "checking the emitted explainer") from exc
         raise TsgbError(
             f"the emitted explainer fails the ONNX checker: {str(exc).strip().splitlines()[0]}"
         ) from exc

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, pad_adjoint
+from tsgb_onnx.backends.numpy_ops import EPS, NumpyOps, erf_of, gather_nd_layout, pad_adjoint
 from tsgb_onnx.engine.ops import register_fused
 from tsgb_onnx.ir.geometry import Window
 
@@ -65,6 +65,9 @@ class XpOps(NumpyOps):
 
     def exp(self, a: Any) -> Any:
         return self.xp.exp(a)
+
+    def erf(self, a: Any) -> Any:
+        return erf_of(self.xp, a)
 
     def square(self, a: Any) -> Any:
         return self.xp.square(a)
@@ -253,6 +256,77 @@ class XpOps(NumpyOps):
 
     def channel_window_sum_transposed(self, a: Any, size: int) -> Any:
         return self._xp_channel_window(a, size // 2, (size - 1) // 2)
+
+    # -- linear maps along one axis, index adjoints, contractions ---------------------------
+    def axis_matmul(self, a: Any, axis: int, matrix: Any) -> Any:
+        xp = self.xp
+        axis %= a.ndim
+        m = xp.asarray(np.asarray(matrix, dtype=np.float32))
+        return xp.ascontiguousarray(xp.moveaxis(xp.tensordot(a, m, axes=([axis], [0])), -1, axis))
+
+    def _indices(self, indices: Any) -> Any:
+        """Integer indices on the device (a rule's constant or a recorded tensor)."""
+        return self.xp.asarray(indices).astype(np.int64)
+
+    def _add_at(self, target: Any, index: Any, values: Any) -> None:
+        """Unbuffered target[index] += values (repeated indices accumulate)."""
+        add_at = getattr(self.xp.add, "at", None)
+        if add_at is not None:
+            add_at(target, index, values)
+        else:  # CuPy before ufunc.at
+            import cupyx
+
+            cupyx.scatter_add(target, index, values)
+
+    def _grid(self, shape: Sequence[int], axis: int, index: Any) -> tuple:
+        """Index arrays that address every element of a `shape` block, with `index` (of
+        that shape) on `axis` (no views, no sparse grids: plain CuPy indexing)."""
+        xp = self.xp
+        rank = len(shape)
+        grid = [
+            xp.arange(int(d)).reshape((1,) * i + (int(d),) + (1,) * (rank - i - 1))
+            for i, d in enumerate(shape)
+        ]
+        grid[axis] = index
+        return tuple(xp.broadcast_to(i, tuple(int(d) for d in shape)) for i in grid)
+
+    def gather_input_grad(self, g: Any, indices: Any, x_shape: Sequence[int], axis: int) -> Any:
+        xp = self.xp
+        x_shape = tuple(int(s) for s in x_shape)
+        axis %= len(x_shape)
+        idx = self._indices(indices).reshape(-1) % x_shape[axis]
+        block = x_shape[:axis] + (int(idx.size),) + x_shape[axis + 1 :]
+        column = idx.reshape((1,) * axis + (int(idx.size),) + (1,) * (len(x_shape) - axis - 1))
+        gx = xp.zeros(x_shape, dtype=np.float32)
+        self._add_at(gx, self._grid(block, axis, column), g.reshape(block))
+        return gx
+
+    def gather_elements_input_grad(
+        self, g: Any, indices: Any, x_shape: Sequence[int], axis: int
+    ) -> Any:
+        xp = self.xp
+        x_shape = tuple(int(s) for s in x_shape)
+        axis %= len(x_shape)
+        idx = self._indices(indices) % x_shape[axis]
+        gx = xp.zeros(x_shape, dtype=np.float32)
+        self._add_at(gx, self._grid(idx.shape, axis, idx), g)
+        return gx
+
+    def gather_nd_input_grad(
+        self, g: Any, indices: Any, x_shape: Sequence[int], batch_dims: int
+    ) -> Any:
+        xp = self.xp
+        x_shape = tuple(int(s) for s in x_shape)
+        # index arithmetic on the host: indices are small next to the signal
+        p, flat, k_size, tail = gather_nd_layout(self.to_numpy(indices), x_shape, batch_dims)
+        gx = xp.zeros((p, k_size, tail), dtype=np.float32)
+        block = (p, int(flat.shape[1]), tail)
+        column = xp.asarray(flat).reshape(p, -1, 1)
+        self._add_at(gx, self._grid(block, 1, column), g.reshape(block))
+        return gx.reshape(x_shape)
+
+    def einsum(self, equation: str, operands: Sequence[Any]) -> Any:
+        return self.xp.einsum(equation, *operands).astype(np.float32, copy=False)
 
     def _xp_channel_window(self, a: Any, before: int, after: int) -> Any:
         xp = self.xp

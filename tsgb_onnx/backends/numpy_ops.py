@@ -70,6 +70,9 @@ class NumpyOps:
     def exp(self, a: Arr) -> Arr:
         return np.exp(a)
 
+    def erf(self, a: Arr) -> Arr:
+        return erf_of(np, a)
+
     def square(self, a: Arr) -> Arr:
         return np.square(a)
 
@@ -280,6 +283,49 @@ class NumpyOps:
             total += padded[:, k : k + channels]
         return total
 
+    # -- linear maps along one axis, index adjoints, contractions ---------------------------
+    def axis_matmul(self, a: Arr, axis: int, matrix: Any) -> Arr:
+        """`a`'s `axis` (size m) contracted with `matrix` [m, n]: that axis gets size n."""
+        axis %= a.ndim
+        m = np.asarray(matrix, dtype=np.float32)
+        return np.ascontiguousarray(np.moveaxis(np.tensordot(a, m, axes=([axis], [0])), -1, axis))
+
+    def gather_input_grad(self, g: Arr, indices: Any, x_shape: Sequence[int], axis: int) -> Arr:
+        """Adjoint of Gather: `g`'s slices added into zeros of `x_shape` at `indices`."""
+        x_shape = tuple(int(s) for s in x_shape)
+        axis %= len(x_shape)
+        idx = np.asarray(indices).astype(np.int64).reshape(-1) % x_shape[axis]
+        gm = g.reshape(x_shape[:axis] + (idx.size,) + x_shape[axis + 1 :])
+        gx = np.zeros(x_shape, dtype=np.float32)
+        np.add.at(np.moveaxis(gx, axis, 0), idx, np.moveaxis(gm, axis, 0))
+        return gx
+
+    def gather_elements_input_grad(
+        self, g: Arr, indices: Any, x_shape: Sequence[int], axis: int
+    ) -> Arr:
+        """Adjoint of GatherElements: g[i] added at x[i with i[axis] = indices[i]]."""
+        x_shape = tuple(int(s) for s in x_shape)
+        axis %= len(x_shape)
+        idx = np.asarray(indices).astype(np.int64) % x_shape[axis]
+        where = list(np.indices(idx.shape, sparse=True))
+        where[axis] = idx
+        gx = np.zeros(x_shape, dtype=np.float32)
+        np.add.at(gx, tuple(where), g)
+        return gx
+
+    def gather_nd_input_grad(
+        self, g: Arr, indices: Any, x_shape: Sequence[int], batch_dims: int
+    ) -> Arr:
+        """Adjoint of GatherND: g's slices added at the indexed positions of each batch."""
+        x_shape = tuple(int(s) for s in x_shape)
+        p, flat, k_size, tail = gather_nd_layout(np.asarray(indices), x_shape, batch_dims)
+        gx = np.zeros((p, k_size, tail), dtype=np.float32)
+        np.add.at(gx, (np.arange(p)[:, None], flat), g.reshape(p, flat.shape[1], tail))
+        return gx.reshape(x_shape)
+
+    def einsum(self, equation: str, operands: Sequence[Arr]) -> Arr:
+        return np.einsum(equation, *operands).astype(np.float32, copy=False)
+
     def conv(self, x: Arr, w: Arr, win: Window, group: int, out: Sequence[int]) -> Arr:
         """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""
         B, M = x.shape[0], x.shape[1]
@@ -318,3 +364,97 @@ def pad_adjoint(n: int, m: int, begin: int, mode: str) -> np.ndarray:
     adjoint = np.zeros((m, n), dtype=np.float32)
     adjoint[np.nonzero(valid)[0], src[valid]] = 1
     return adjoint
+
+
+def gather_nd_layout(
+    indices: np.ndarray, x_shape: Sequence[int], batch_dims: int
+) -> tuple[int, np.ndarray, int, int]:
+    """GatherND's indices as flat positions: (P, flat [P, M], K, T) for data viewed as
+    [P, K, T] (P the batch dims, K the indexed dims, T the slice each index selects)."""
+    k = int(indices.shape[-1])
+    b = int(batch_dims)
+    indexed = [int(d) for d in x_shape[b : b + k]]
+    p = int(np.prod(x_shape[:b], dtype=np.int64))
+    tail = int(np.prod(x_shape[b + k :], dtype=np.int64))
+    idx = indices.astype(np.int64).reshape(p, -1, k) % np.asarray(indexed, dtype=np.int64)
+    flat = np.ravel_multi_index(tuple(np.moveaxis(idx, -1, 0)), indexed) if k else idx[..., 0] * 0
+    return p, flat.reshape(p, -1), int(np.prod(indexed, dtype=np.int64)), tail
+
+
+# Cephes' erf/erfc rational approximations (S. L. Moshier, public domain; the ones SciPy's
+# special.erf uses), evaluated in float64: accurate to float64 rounding.
+_ERF_T = (
+    9.60497373987051638749e0,
+    9.00260197203842689217e1,
+    2.23200534594684319226e3,
+    7.00332514112805075473e3,
+    5.55923013010394962768e4,
+)
+_ERF_U = (
+    1.0,
+    3.35617141647503099647e1,
+    5.21357949780152679795e2,
+    4.59432382970980127987e3,
+    2.26290000613890934246e4,
+    4.92673942608635921086e4,
+)
+_ERFC_P = (
+    2.46196981473530512524e-10,
+    5.64189564831068821977e-1,
+    7.46321056442269912687e0,
+    4.86371970985681366614e1,
+    1.96520832956077098242e2,
+    5.26445194995477358631e2,
+    9.34528527171957607540e2,
+    1.02755188689515710272e3,
+    5.57535335369399327526e2,
+)
+_ERFC_Q = (
+    1.0,
+    1.32281951154744992508e1,
+    8.67072140885989742329e1,
+    3.54937778887819891062e2,
+    9.75708501743205489753e2,
+    1.82390916687909736289e3,
+    2.24633760818710981792e3,
+    1.65666309194161350182e3,
+    5.57535340817727675546e2,
+)
+_ERFC_R = (
+    5.64189583547755073984e-1,
+    1.27536670759978104416e0,
+    5.01905042251180477414e0,
+    6.16021097993053585195e0,
+    7.40974269950448939160e0,
+    2.97886665372100240670e0,
+)
+_ERFC_S = (
+    1.0,
+    2.26052863220117276590e0,
+    9.39603524938001434673e0,
+    1.20489539808096656605e1,
+    1.70814450747565897222e1,
+    9.60896809063285878198e0,
+    3.36907645100081516050e0,
+)
+
+
+def _poly(xp: Any, x: Any, coefficients: Sequence[float]) -> Any:
+    total = xp.full_like(x, coefficients[0])
+    for c in coefficients[1:]:
+        total = total * x + c
+    return total
+
+
+def erf_of(xp: Any, a: Any) -> Any:
+    """erf of a float array on array module `xp` (NumPy or CuPy), computed in float64."""
+    x = xp.asarray(a, dtype=np.float64)
+    ax = xp.abs(x)
+    inner = xp.minimum(xp.maximum(x, -1.0), 1.0)
+    small = inner * _poly(xp, inner * inner, _ERF_T) / _poly(xp, inner * inner, _ERF_U)
+    big = xp.minimum(xp.maximum(ax, 1.0), 27.0)  # erfc(27) underflows float64: erf = ±1
+    near = _poly(xp, big, _ERFC_P) / _poly(xp, big, _ERFC_Q)
+    far = _poly(xp, big, _ERFC_R) / _poly(xp, big, _ERFC_S)
+    erfc = xp.exp(-big * big) * xp.where(big < 8.0, near, far)
+    large = xp.where(x < 0, erfc - 1.0, 1.0 - erfc)
+    return xp.where(ax <= 1.0, small, large).astype(np.float32)

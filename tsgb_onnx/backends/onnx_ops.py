@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tsgb_onnx.backends.numpy_ops import NumpyOps, pad_adjoint
+from tsgb_onnx.backends.numpy_ops import NumpyOps, erf_of, gather_nd_layout, pad_adjoint
 from tsgb_onnx.engine.ops import EPS
 from tsgb_onnx.errors import ModelError
 from tsgb_onnx.ir.geometry import Window
@@ -93,7 +93,8 @@ class GraphBuilder:
 
     def initializer(self, array: np.ndarray, hint: str = "const") -> str:
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.asarray, not np.ascontiguousarray: that one turns a 0-d constant into shape (1,)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, order="C"), name))
         return name
 
     def node(
@@ -343,6 +344,9 @@ class OnnxOps:
     def exp(self, a: Sym) -> Sym:
         return self._unary("Exp", np.exp, a)
 
+    def erf(self, a: Sym) -> Sym:
+        return self._unary("Erf", lambda v: erf_of(np, v), a)
+
     def square(self, a: Sym) -> Sym:
         return self.mul(a, a)
 
@@ -525,6 +529,14 @@ class OnnxOps:
                 shape[axis] = size
             t = self._emit("Pad", [t, self._ints(pad_before + pad_after)], tuple(shape), t.dtype)
         return t
+
+    def axis_matmul(self, a: Sym, axis: int, matrix: Any) -> Sym:
+        """`a`'s `axis` contracted with the constant `matrix` [m, n] (a MatMul)."""
+        matrix = np.asarray(matrix, dtype=np.float32)
+        a = self._lift(a)
+        if self._foldable(a):
+            return self._fold(lambda v: self._np.axis_matmul(v, axis, matrix), a)
+        return self._axis_matmul(a, axis, matrix)
 
     def _axis_matmul(self, g: Sym, axis: int, matrix: np.ndarray) -> Sym:
         """Contract `g`'s `axis` with `matrix` [m, n] (the result's axis has size n)."""
@@ -755,6 +767,108 @@ class OnnxOps:
             part = self._place(padded, [1], [k], [channels])
             total = part if total is None else self.add(total, part)
         return total
+
+    # -- index adjoints: ScatterElements with reduction="add" (opset 16) -----------------------
+    def _int64(self, indices: Any) -> Sym:
+        """Integer indices as an int64 handle (a recorded index tensor reaches the emitter
+        cast to float32, exactly for |index| < 2**24)."""
+        if not isinstance(indices, Sym):
+            return self.const(np.asarray(indices, dtype=np.int64))
+        if indices.is_const:
+            return self.const(indices.value.astype(np.int64))
+        if indices.dtype == np.dtype(np.int64):
+            return indices
+        return self._emit("Cast", [indices], indices.shape, np.int64, to=TensorProto.INT64)
+
+    def _scatter_add(self, shape: tuple, axis: int, index: Sym, updates: Sym) -> Sym:
+        """zeros(`shape`) with `updates` added at `index` along `axis` (index and updates of
+        one shape)."""
+        self.b.required_opset = max(self.b.required_opset, 16)
+        shape = tuple(shape)
+        value = numpy_helper.from_array(np.zeros(1, dtype=np.float32), "value")
+        zeros = self._emit(  # made at run time: no tensor of zeros stored in the file
+            "ConstantOfShape", [self.shape_tensor(shape)], shape, np.float32, value=value
+        )
+        return self._emit(
+            "ScatterElements", [zeros, index, updates], shape, axis=int(axis), reduction="add"
+        )
+
+    def _broadcast_index(self, index: Sym, shape: tuple) -> Sym:
+        """`index` broadcast to `shape`: folded when small, else an Expand node (a large
+        constant index is not stored expanded)."""
+        static = not any(isinstance(d, Batch) for d in shape)
+        if index.is_const and static and math.prod(int(d) for d in shape) <= FOLD_LIMIT:
+            return self.expand_to(index, shape)
+        if index.shape == tuple(shape):
+            return index
+        return self._emit("Expand", [index, self.shape_tensor(shape)], tuple(shape), np.int64)
+
+    def gather_input_grad(self, g: Sym, indices: Any, x_shape: Sequence, axis: int) -> Sym:
+        """Adjoint of Gather: a selection-matrix MatMul for small constant indices, else a
+        ScatterElements(add) of `g` with the indices broadcast over the other axes."""
+        g, x_shape = self._lift(g), tuple(x_shape)
+        rank = len(x_shape)
+        axis %= rank
+        idx = self._int64(indices)
+        n = math.prod(idx.shape)
+        size = x_shape[axis]
+        moved = self.reshape(g, x_shape[:axis] + (n,) + x_shape[axis + 1 :])
+        if idx.is_const and not isinstance(size, Batch) and n * int(size) <= FOLD_LIMIT:
+            rows = idx.value.reshape(-1) % int(size)
+            matrix = np.zeros((n, int(size)), dtype=np.float32)
+            np.add.at(matrix, (np.arange(n), rows), 1.0)
+            return self.axis_matmul(moved, axis, matrix)
+        column = self.reshape(idx, (1,) * axis + (n,) + (1,) * (rank - axis - 1))
+        return self._scatter_add(x_shape, axis, self._broadcast_index(column, moved.shape), moved)
+
+    def gather_elements_input_grad(self, g: Sym, indices: Any, x_shape: Sequence, axis: int) -> Sym:
+        """Adjoint of GatherElements: one ScatterElements(add)."""
+        g, x_shape = self._lift(g), tuple(x_shape)
+        return self._scatter_add(x_shape, axis % len(x_shape), self._int64(indices), g)
+
+    def gather_nd_input_grad(self, g: Sym, indices: Any, x_shape: Sequence, batch_dims: int) -> Sym:
+        """Adjoint of GatherND: the data viewed as [P, K, T] (batch dims, indexed dims, the
+        slice), each index tuple a flat position in K, one ScatterElements(add) on axis 1."""
+        g, x_shape, b = self._lift(g), tuple(x_shape), int(batch_dims)
+        idx = self._int64(indices)
+        k = int(idx.shape[-1])
+        indexed, tail = x_shape[b : b + k], x_shape[b + k :]
+        if any(isinstance(d, Batch) for d in indexed + tail):
+            raise ModelError("cannot emit a GatherND backward that indexes the batch axis")
+        p = 1
+        for d in x_shape[:b]:
+            p = d * p
+        m, k_size, t = math.prod(idx.shape[b:-1]), math.prod(indexed), math.prod(tail)
+        if idx.is_const:
+            _, flat, _, _ = gather_nd_layout(
+                idx.value, tuple(idx.shape[:b]) + tuple(indexed) + tuple(tail), b
+            )
+            flat = self.const(flat)
+        else:
+            dims = self.const(np.asarray(indexed, dtype=np.int64))
+            strides = self.const(
+                np.asarray([math.prod(indexed[j + 1 :]) for j in range(k)], dtype=np.int64)
+            )
+            wrapped = self._emit("Mod", [idx, dims], idx.shape, np.int64)
+            offsets = self._emit("Mul", [wrapped, strides], idx.shape, np.int64)
+            flat = self._reduce("ReduceSum", offsets, [len(idx.shape) - 1], True)
+        flat = self._broadcast_index(self.reshape(flat, (p, m, 1)), (p, m, t))
+        scattered = self._scatter_add((p, k_size, t), 1, flat, self.reshape(g, (p, m, t)))
+        return self.reshape(scattered, x_shape)
+
+    def einsum(self, equation: str, operands: Sequence[Sym]) -> Sym:
+        """One Einsum node (folded for small constant operands)."""
+        operands = [self._lift(o) for o in operands]
+        if self._foldable(*operands):
+            return self._fold(lambda *v: self._np.einsum(equation, v), *operands)
+        inputs, output = equation.replace(" ", "").split("->")
+        dims: dict[str, Any] = {}
+        for letters, operand in zip(inputs.split(","), operands):
+            for letter, d in zip(letters, operand.shape):
+                if dims.get(letter, 1) == 1 or isinstance(d, Batch):
+                    dims[letter] = d
+        shape = tuple(dims[letter] for letter in output)
+        return self._emit("Einsum", operands, shape, equation=equation.replace(" ", ""))
 
     def conv(self, x: Sym, w: Sym, win: Window, group: int, out: Sequence[int]) -> Sym:
         """Forward Conv of `x` with `w` (no bias, zero padding) onto the `out` grid."""

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from pathlib import Path
-
-import onnx
 
 from tsgb_onnx.cli.args import add_method_flags, method_options
 from tsgb_onnx.convert import convert
 from tsgb_onnx.errors import InputError
+from tsgb_onnx.io.atomic import write_bytes_atomic
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -22,19 +19,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise InputError(f"-o/--out folder '{out.parent}' does not exist")
     if out.exists() and Path(args.model).exists() and out.resolve() == Path(args.model).resolve():
         raise InputError("-o/--out names the input model: write the explainer to a new file")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = convert(
-            args.model,
-            method=args.method,
-            layer=args.layer,
-            keep_signal=args.keep_signal,
-            output=args.output,
-            **method_options(args),
-        )
-    for w in caught:
-        print(f"tsgb: note: {w.message}", file=sys.stderr)
-    onnx.save(model, str(out))
+    model = convert(  # its warnings print as `tsgb: note:` lines (cli.main)
+        args.model,
+        method=args.method,
+        layer=args.layer,
+        keep_signal=args.keep_signal,
+        output=args.output,
+        optional_target=args.optional_target,
+        **method_options(args),
+    )
+    write_bytes_atomic(out, model.SerializeToString())
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     outputs = ", ".join(o.name for o in model.graph.output)
     inputs = ", ".join(i.name for i in model.graph.input)
@@ -53,5 +47,11 @@ def register(sub) -> None:
     add_method_flags(c)
     c.add_argument(
         "--keep-signal", action="store_true", help="also output the backward signal at --layer"
+    )
+    c.add_argument(
+        "--optional-target",
+        action="store_true",
+        help="give the `target` input the default [-1] (top-1) so it may be left unfed; it is "
+        "then an overridable initializer, not listed among the runtime's inputs",
     )
     c.set_defaults(func=cmd_convert)

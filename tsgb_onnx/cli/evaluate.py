@@ -10,6 +10,7 @@ from pathlib import Path
 from tsgb_onnx.cli.args import option_value, out_path, positive_int
 from tsgb_onnx.errors import InputError
 from tsgb_onnx.evaluation.evaluate import Settings, evaluate
+from tsgb_onnx.io.atomic import write_text_atomic
 
 
 def _per_method_options(items: list[str]) -> dict:
@@ -60,10 +61,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if r.error:
             print(f"tsgb: note: method '{r.method}' could not run: {r.error}", file=sys.stderr)
     if out_json:
-        out_json.write_text(json.dumps(ev.to_dict(), indent=2) + "\n")
+        write_text_atomic(out_json, json.dumps(ev.to_dict(), indent=2) + "\n")
         print(f"wrote {out_json}")
     if out_md:
-        out_md.write_text(table)
+        write_text_atomic(out_md, table)
         print(f"wrote {out_md}")
     return 0 if any(r.error is None for r in ev.results) else 2
 

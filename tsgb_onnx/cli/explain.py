@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -24,6 +25,7 @@ from tsgb_onnx.cli.args import (
 )
 from tsgb_onnx.errors import InputError, TargetError
 from tsgb_onnx.explainer import Explainer
+from tsgb_onnx.io.atomic import atomic_open, write_bytes_atomic, write_text_atomic
 from tsgb_onnx.io.labels import (
     check_count,
     label_of,
@@ -41,7 +43,14 @@ from tsgb_onnx.io.preprocess import (
     settings_from_json,
 )
 from tsgb_onnx.io.progress import Progress
-from tsgb_onnx.io.render import default_cmap, heatmap, input_picture, save_png, upscale
+from tsgb_onnx.io.render import (
+    check_cmap,
+    default_cmap,
+    heatmap,
+    input_picture,
+    png_bytes,
+    upscale,
+)
 
 FORMATS = ("npy", "png", "html")
 
@@ -77,6 +86,15 @@ class Row:
     maps: list[np.ndarray] = field(default_factory=list)
     logits: np.ndarray | None = None
     layer: str = ""
+
+
+@dataclass
+class Skipped:
+    """An input a folder run could not read: reported, listed in the index, not explained."""
+
+    name: str
+    path: Path
+    reason: str
 
 
 # -- set-up --------------------------------------------------------------------------------------
@@ -146,14 +164,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _batches(files, prep: Preprocessing, rank: int, size: int):
-    """Yield lists of (name, x row, picture) of at most `size` rows."""
-    pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+def _batches(files, prep: Preprocessing, rank: int, size: int, skip_bad: bool):
+    """Yield lists of (name, x row, picture, row index) of at most `size` rows, and a
+    `Skipped` for each file that cannot be read when `skip_bad` (the rows read before it are
+    yielded first, so the output keeps the input order)."""
+    pending: list[tuple[str, np.ndarray, np.ndarray | None, int]] = []
+    index = 0  # position of the next row among all inputs (the per-input --target list)
     for path, name in files:
-        rows, pictures, names = read_input(path, name, prep, rank)
-        if rows.size == 0:
-            raise InputError(f"input '{path}' has shape {tuple(rows.shape)}: it holds no values")
-        pending += list(zip(names, rows, pictures))
+        try:
+            rows, pictures, names = _read(path, name, prep, rank)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            if pending:
+                yield pending
+                pending = []
+            index += count_rows(path, rank)
+            yield Skipped(name, path, str(exc))
+            continue
+        pending += [(n, r, p, index + i) for i, (n, r, p) in enumerate(zip(names, rows, pictures))]
+        index += len(rows)
         while len(pending) >= size:
             yield pending[:size]
             pending = pending[size:]
@@ -161,11 +191,22 @@ def _batches(files, prep: Preprocessing, rank: int, size: int):
         yield pending
 
 
+def _read(path: Path, name: str, prep: Preprocessing, rank: int):
+    rows, pictures, names = read_input(path, name, prep, rank)
+    if rows.size == 0:
+        raise InputError(f"input '{path}' has shape {tuple(rows.shape)}: it holds no values")
+    return rows, pictures, names
+
+
 def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top_k: int):
-    """Explain every input; yields finished Rows batch by batch."""
+    """Explain every input; yields finished Rows batch by batch (and, in a folder run with
+    --out-dir, a `Skipped` for each input that cannot be read, after a note on stderr)."""
     graph = explainer.graph
     rank = len(graph.input_shape or (0, 0, 0, 0))
     files = discover(settings.inputs)
+    for path, _ in files:
+        if not path.exists():
+            raise InputError(f"input '{path}' does not exist")
     total = sum(count_rows(path, rank) for path, _ in files)
     if isinstance(target, list) and len(target) != total:
         raise TargetError(
@@ -177,34 +218,42 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
         sys.stderr.isatty() if settings.progress is None else settings.progress,
         unit="inputs",
     )
-    offset = 0
+    skip_bad = settings.out_dir is not None
     try:
-        for batch in _batches(files, prep, rank, settings.batch_size):
-            x = np.stack([row for _, row, _ in batch]).astype(np.float32, copy=False)
-            n = len(batch)
-            fixed = target[offset : offset + n] if isinstance(target, list) else target
-            offset += n
-            first = _explain(explainer, x, fixed, settings.layer, prep.layout)
-            logits = first.logits
-            ranked = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
-            maps, targets = [first.saliency], [first.target]
-            for r in range(1, top_k):
-                res = _explain(explainer, x, ranked[:, r], settings.layer, prep.layout)
-                maps.append(res.saliency)
-                targets.append(res.target)
-            for i, (name, row, picture) in enumerate(batch):
-                yield Row(
-                    name=name,
-                    x=row,
-                    picture=picture,
-                    targets=[int(t[i]) for t in targets],
-                    maps=[np.asarray(m[i]) for m in maps],
-                    logits=np.asarray(logits[i]),
-                    layer=first.layer,
-                )
-            progress.update(n)
+        for batch in _batches(files, prep, rank, settings.batch_size, skip_bad):
+            if isinstance(batch, Skipped):
+                progress.close()  # the note goes on its own line
+                print(f"tsgb: note: skipped '{batch.path}': {batch.reason}", file=sys.stderr)
+                progress.update(count_rows(batch.path, rank))
+                yield batch
+                continue
+            yield from _explain_batch(explainer, settings, prep, batch, target, top_k)
+            progress.update(len(batch))
     finally:
         progress.close()
+
+
+def _explain_batch(explainer, settings: Settings, prep: Preprocessing, batch, target, top_k: int):
+    x = np.stack([row for _, row, _, _ in batch]).astype(np.float32, copy=False)
+    fixed = [target[i] for _, _, _, i in batch] if isinstance(target, list) else target
+    first = _explain(explainer, x, fixed, settings.layer, prep.layout)
+    logits = first.logits
+    ranked = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    maps, targets = [first.saliency], [first.target]
+    for r in range(1, top_k):
+        res = _explain(explainer, x, ranked[:, r], settings.layer, prep.layout)
+        maps.append(res.saliency)
+        targets.append(res.target)
+    for i, (name, row, picture, _) in enumerate(batch):
+        yield Row(
+            name=name,
+            x=row,
+            picture=picture,
+            targets=[int(t[i]) for t in targets],
+            maps=[np.asarray(m[i]) for m in maps],
+            logits=np.asarray(logits[i]),
+            layer=first.layer,
+        )
 
 
 def _explain(explainer, x, target, layer, layout: str = "nchw"):
@@ -244,7 +293,27 @@ def describe(row: Row, labels, top_k: int) -> list[str]:
     return lines
 
 
+def drawable(shape: tuple[int, ...], layer: str | None) -> None:
+    """Refuse a map that cannot be drawn as a heat map (no spatial axes, or more than 3)."""
+    if 1 <= len(shape) <= 3:
+        return
+    at = f"--layer '{layer}'" if layer else "the explained tensor"
+    raise InputError(
+        f"the map at {at} has shape {tuple(shape)} per input: a heat map needs 1 to 3 spatial "
+        "axes; write it with --out FILE.npy, or pick a spatial layer "
+        "(`tsgb inspect MODEL --tensors`)"
+    )
+
+
+def check_layer_drawable(graph, layer: str | None) -> None:
+    """Before any work: a --layer whose tensor has no spatial axis cannot be a heat map."""
+    shape = graph.shapes.get(layer) if layer else None
+    if shape is not None and len(shape) <= 2:
+        drawable(tuple(shape[2:]), layer)
+
+
 def overlay(row: Row, sal: np.ndarray, settings: Settings) -> np.ndarray:
+    drawable(np.shape(sal), settings.layer)
     cmap = settings.cmap or default_cmap(settings.colormap == "diverging")
     if row.picture is not None:
         return heatmap(sal, row.picture, colormap=settings.colormap, cmap=cmap)
@@ -260,7 +329,11 @@ def row_picture(row: Row, layout: str) -> np.ndarray | None:
 
 
 def run(explainer, settings: Settings, prep: Preprocessing) -> int:
-    """Explain, print one line per map, write what was asked for."""
+    """Explain, print one line per map, write what was asked for.
+
+    0: every input explained; 1: a folder run (--out-dir) skipped an input it could not
+    read (each said on stderr and listed in index.html / results.json).
+    """
     labels = choose_labels(explainer.graph, settings.labels)
     target = parse_targets(settings.target, labels)
     top_k = settings.top_k
@@ -269,22 +342,55 @@ def run(explainer, settings: Settings, prep: Preprocessing) -> int:
     classes = explainer.graph.num_classes
     if classes is not None and top_k > classes:
         raise InputError(f"--top-k {top_k} is more than the model's {classes} classes")
-    if settings.out_dir is not None:
-        settings.out_dir.mkdir(parents=True, exist_ok=True)
     writer = OutDirWriter(settings, labels, prep) if settings.out_dir is not None else None
     kept: list[Row] = []
-    for row in explain_rows(explainer, settings, prep, target, top_k):
-        for line in describe(row, labels, top_k):
-            print(line)
+    finished = False
+    try:
+        for row in explain_rows(explainer, settings, prep, target, top_k):
+            if isinstance(row, Skipped):
+                writer.skip(row)
+                continue
+            for line in describe(row, labels, top_k):
+                print(line)
+            if writer is not None:
+                writer.add(row)
+            if settings.out is not None:
+                kept.append(row)
+        finished = True
+    finally:  # Ctrl-C or an error mid-folder: an index of what was done
         if writer is not None:
-            writer.add(row)
-        if settings.out is not None:
-            kept.append(row)
+            writer.finish(explainer, complete=finished)
     if settings.out is not None:
         write_single(settings, kept, top_k)
-    if writer is not None:
-        writer.finish(explainer)
-    return 0
+    return 1 if writer is not None and writer.skipped else 0
+
+
+class UniqueNames:
+    """File stems that never repeat: a stem taken before gets `~2`, `~3`, ... (compared
+    case-insensitively, as some file systems do)."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def take(self, base: str) -> str:
+        stem, n = base, 1
+        while stem.casefold() in self.used:
+            n += 1
+            stem = f"{base}~{n}"
+        self.used.add(stem.casefold())
+        return stem
+
+
+def single_png_paths(out: Path, rows: list[Row], top_k: int) -> list[list[Path]]:
+    """`--out x.png`: per row, per map, a file name that no other map of the run gets."""
+    names = UniqueNames()
+    paths = []
+    for row in rows:
+        part = out.stem if len(rows) == 1 else f"{out.stem}_{safe_name(row.name).replace('/', '_')}"
+        stem = names.take(part)
+        suffixes = [f"_top{r + 1}" for r in range(len(row.maps))] if top_k > 1 else [""]
+        paths.append([out.with_name(stem + s + out.suffix) for s in suffixes])
+    return paths
 
 
 def write_single(settings: Settings, rows: list[Row], top_k: int) -> None:
@@ -292,39 +398,34 @@ def write_single(settings: Settings, rows: list[Row], top_k: int) -> None:
     out = settings.out
     if out.suffix.lower() == ".npy":
         maps = np.stack([np.stack(r.maps) if top_k > 1 else r.maps[0] for r in rows])
-        np.save(out, maps)
+        with atomic_open(out) as f:
+            np.save(f, maps)
         print(f"wrote {out}")
         return
-    for row in rows:
-        for r, sal in enumerate(row.maps):
-            stem = (
-                out.stem
-                if len(rows) == 1
-                else f"{out.stem}_{safe_name(row.name).replace('/', '_')}"
-            )
-            if top_k > 1:
-                stem += f"_top{r + 1}"
-            path = out.with_name(stem + out.suffix)
-            save_png(overlay(row, sal, settings), path)
+    for row in rows:  # before writing anything
+        for sal in row.maps:
+            drawable(np.shape(sal), settings.layer)
+    for row, paths in zip(rows, single_png_paths(out, rows, top_k)):
+        for sal, path in zip(row.maps, paths):
+            write_bytes_atomic(path, png_bytes(overlay(row, sal, settings)))
             print(f"wrote {path}")
 
 
 class OutDirWriter:
-    """Per-input files under --out-dir, then index.html and results.json."""
+    """Per-input files under --out-dir, then index.html and results.json.
+
+    Every file is written atomically (complete or absent); `finish` runs also after Ctrl-C
+    or an error, so the index lists what was done.
+    """
 
     def __init__(self, settings: Settings, labels, prep: Preprocessing):
         self.settings, self.labels, self.prep = settings, labels, prep
         self.root = settings.out_dir
         self.entries: list = []
         self.records: list[dict[str, Any]] = []
-        self.used: dict[str, int] = {}
+        self.skipped: list[Skipped] = []
+        self.names = UniqueNames()
         self.layer = ""
-
-    def _stem(self, name: str) -> str:
-        base = safe_name(name)
-        n = self.used.get(base, 0)
-        self.used[base] = n + 1
-        return base if n == 0 else f"{base}~{n + 1}"
 
     def _file(self, rel: str) -> Path:
         path = self.root / rel
@@ -335,23 +436,36 @@ class OutDirWriter:
         from tsgb_onnx.io.report import data_uri
 
         if "png" in self.settings.formats:
-            save_png(rgb, self._file(rel))
+            write_bytes_atomic(self._file(rel), png_bytes(rgb))
             return quote(rel)
         return data_uri(rgb)
+
+    def skip(self, skipped: Skipped) -> None:
+        from tsgb_onnx.io.report import InputEntry
+
+        self.skipped.append(skipped)
+        self.entries.append(InputEntry(skipped.name, None, error=skipped.reason))
+        self.records.append(
+            {"name": skipped.name, "failed": skipped.reason, "files": [], "maps": []}
+        )
 
     def add(self, row: Row) -> None:
         from tsgb_onnx.io.report import InputEntry, MapEntry
 
-        stem = self._stem(row.name)
+        pictures = "png" in self.settings.formats or "html" in self.settings.formats
+        if pictures:  # before any file of the row
+            for sal in row.maps:
+                drawable(np.shape(sal), self.settings.layer)
+        stem = self.names.take(safe_name(row.name))
         self.layer = row.layer
-        formats = self.settings.formats
         record: dict[str, Any] = {"name": row.name, "files": [], "maps": []}
-        if "npy" in formats:
+        if "npy" in self.settings.formats:
             path = self._file(f"{stem}.npy")
-            np.save(path, np.stack(row.maps))
+            with atomic_open(path) as f:
+                np.save(f, np.stack(row.maps))
             record["files"].append(path.relative_to(self.root).as_posix())
         picture = None
-        if "png" in formats or "html" in formats:
+        if pictures:
             pic = row_picture(row, self.prep.layout)
             if pic is not None:
                 picture = self._picture(pic, f"{stem}.input.png")
@@ -360,7 +474,7 @@ class OutDirWriter:
         for r, (t, sal) in enumerate(zip(row.targets, row.maps)):
             label = label_of(t, self.labels)
             src = None
-            if "png" in formats or "html" in formats:
+            if pictures:
                 src = self._picture(overlay(row, sal, self.settings), f"{stem}.class{t}.png")
                 entry.maps.append(
                     MapEntry(r + 1, t, label, float(row.logits[t]), float(probs[t]), src)
@@ -375,27 +489,61 @@ class OutDirWriter:
                     "png": src if src and not src.startswith("data:") else None,
                 }
             )
-        if "png" in formats:
+        if "png" in self.settings.formats:
             record["files"] += [m["png"] for m in record["maps"]]
         self.entries.append(entry)
         self.records.append(record)
 
-    def finish(self, explainer) -> None:
+    def finish(self, explainer, complete: bool = True) -> None:
+        """results.json and index.html. After an interruption (`complete` False): of what was
+        done, if anything was, and a failure to write or say so is a note, not a new error
+        (the interruption is what the user is told about)."""
+        if complete:
+            for line in self._write_index(explainer, complete):
+                print(line)
+            return
+        if not self.records:
+            return
+        try:
+            lines = self._write_index(explainer, complete)
+        except OSError as exc:
+            print(f"tsgb: note: no index of the inputs done: {exc}", file=sys.stderr)
+            return
+        with contextlib.suppress(OSError):  # stdout may be the closed pipe that stopped us
+            for line in lines:
+                print(line)
+
+    def _write_index(self, explainer, complete: bool) -> list[str]:
+        """Write results.json (and index.html); the lines that tell what was written."""
         from tsgb_onnx.io.report import write_index
 
         method = explainer.method.name
-        summary = {"method": method, "layer": self.layer, "inputs": self.records}
-        (self.root / "results.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        summary = {
+            "method": method,
+            "layer": self.layer,
+            "complete": complete,
+            "inputs": self.records,
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.root / "results.json", json.dumps(summary, indent=1))
+        lines = []
         if "html" in self.settings.formats:
             meta = {
                 "method": method,
                 "colormap": self.settings.colormap,
-                "inputs": str(len(self.entries)),
+                "inputs": str(len(self.entries) - len(self.skipped)),
             }
+            if self.skipped:
+                meta["skipped"] = str(len(self.skipped))
+            if not complete:
+                meta["stopped early"] = "the inputs after these were not explained"
             index = self.root / "index.html"
             write_index(index, self.entries, f"tsgb explain: {method} saliency", meta)
-            print(f"wrote {index}")
-        print(f"wrote {len(self.records)} inputs to {self.root}")
+            lines.append(f"wrote {index}")
+        done = len(self.records) - len(self.skipped)
+        skipped = f" ({len(self.skipped)} skipped)" if self.skipped else ""
+        lines.append(f"wrote {done} inputs to {self.root}{skipped}")
+        return lines
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -424,6 +572,12 @@ def _explain_settings(args):
         formats = ("png", "html")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir '{out_dir}' exists and is not a folder")
+    if not args.target.strip():
+        raise TargetError(
+            "--target is empty: give 'top1', a class index or name, or one per input (3,7)"
+        )
+    if args.cmap is not None:
+        check_cmap(args.cmap)
     explicit = {
         "size": args.size,
         "mean": args.mean,
@@ -461,8 +615,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         device=args.device,
         **method_options(args),
     )
+    if explainer.method.single_pass and _draws(settings):
+        check_layer_drawable(explainer.graph, settings.layer)
     prep = choose_preprocessing(explainer.graph, settings.preset, settings.explicit)
     return run(explainer, settings, prep)
+
+
+def _draws(settings: Settings) -> bool:
+    """Whether the run draws heat maps (a .png --out, or png/html in --out-dir)."""
+    if settings.out is not None:
+        return settings.out.suffix.lower() == ".png"
+    return settings.out_dir is not None and bool({"png", "html"} & set(settings.formats))
 
 
 def register(sub) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tsgb_onnx.engine.record import SHAPE_SUFFIX, ForwardRecorder, _onnxruntime
+from tsgb_onnx.engine.record import SHAPE_SUFFIX, ForwardRecorder, _onnxruntime, to_float32
 from tsgb_onnx.errors import RuntimeUnavailableError, TsgbError
 from tsgb_onnx.ir.graph import Graph
 
@@ -159,6 +159,8 @@ class IoBindingRecorder(ForwardRecorder):
         session = self._session(tuple(values), tuple(shapes))
         names = [o.name for o in session.get_outputs()]
         binding = session.io_binding()
+        if isinstance(x, np.ndarray):
+            x = self.feed(x)  # the model input's own dtype
         x, x_value = self._bind_input(binding, x)
         for name in names:
             if name.endswith(SHAPE_SUFFIX):
@@ -175,12 +177,14 @@ class IoBindingRecorder(ForwardRecorder):
         binding.clear_binding_inputs()
         recorded: dict[str, Any] = {}
         for name, value in zip(names, outputs):
-            recorded[name] = value.numpy() if name.endswith(SHAPE_SUFFIX) else self._array(value)
+            recorded[name] = (
+                value.numpy() if name.endswith(SHAPE_SUFFIX) else to_float32(self._array(value))
+            )
         del outputs
         input_name = self.graph.input_name
         value_map = {t: recorded[t] for t in values if t in recorded}
         if input_name in values:
-            value_map[input_name] = x_value
+            value_map[input_name] = to_float32(x_value)
         shape_map = {
             t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
             for t in shapes

@@ -5,6 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from tsgb_onnx.engine.program import REFERENCE, Program, Step
 from tsgb_onnx.errors import ModelError
 from tsgb_onnx.ir.graph import Node
@@ -30,7 +32,9 @@ class StepView:
         const = self._node.graph.constants.get(name)
         if const is not None:
             if name not in self._consts:
-                self._consts[name] = self._ops.asarray(const, dtype=const.dtype)
+                # float constants in the backward's float32 (float16 / float64 models)
+                dtype = np.float32 if const.dtype.kind == "f" else const.dtype
+                self._consts[name] = self._ops.asarray(const, dtype=dtype)
             return self._consts[name]
         raise KeyError(f"tensor '{name}' was not recorded for node '{self._node.name}'")
 

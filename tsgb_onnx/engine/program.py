@@ -69,8 +69,22 @@ class Program:
         return "\n".join([head] + [f"{i:4d}  {s}" for i, s in enumerate(self.steps)])
 
 
+# integer outputs that carry a signal: the quantized values of a QDQ or dynamically quantized
+# graph, differentiated with the straight-through estimator (rules/gradient.py)
+QUANTIZED_CARRIERS = {"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+
+
+def carries_signal(graph: Graph, tensor: str) -> bool:
+    """Whether `tensor` can carry a backward signal: a non-constant float tensor, or the
+    quantized output of one of `QUANTIZED_CARRIERS`."""
+    if graph.is_float(tensor):
+        return True
+    node = graph.producer.get(tensor)
+    return node is not None and node.op_type in QUANTIZED_CARRIERS and node.outputs[0] == tensor
+
+
 def _reaching(graph: Graph, start: str, forward: bool) -> set[str]:
-    """Float tensors reachable from `start` along data flow (forward or backward)."""
+    """Signal-carrying tensors reachable from `start` along data flow (forward or backward)."""
     seen = {start}
     stack = [start]
     while stack:
@@ -82,7 +96,7 @@ def _reaching(graph: Graph, start: str, forward: bool) -> set[str]:
         )
         for n in nodes:
             for nxt in n.outputs if forward else n.inputs:
-                if nxt and nxt not in seen and graph.is_float(nxt):
+                if nxt and nxt not in seen and carries_signal(graph, nxt):
                     seen.add(nxt)
                     stack.append(nxt)
     return seen

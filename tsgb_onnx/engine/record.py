@@ -8,7 +8,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tsgb_onnx.errors import RuntimeUnavailableError, TsgbError
+from tsgb_onnx.errors import (
+    InputError,
+    RuntimeUnavailableError,
+    TsgbError,
+    is_out_of_memory,
+    out_of_memory,
+)
 from tsgb_onnx.ir.graph import Graph
 
 SHAPE_SUFFIX = "::shape"
@@ -86,6 +92,8 @@ class ForwardRecorder:
                 model.SerializeToString(), options, providers=self.providers
             )
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, "loading the model into ONNX Runtime") from exc
             raise TsgbError(f"ONNX Runtime cannot load the model: {exc}") from exc
 
     def run_session(self, session, names: list[str], feeds: dict) -> list:
@@ -93,19 +101,29 @@ class ForwardRecorder:
         try:
             return session.run(names, feeds)
         except Exception as exc:
-            raise TsgbError(
-                f"ONNX Runtime failed on the input: {str(exc).splitlines()[0]}"
-            ) from exc
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, "running the model in ONNX Runtime", batch=True) from exc
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TsgbError(f"ONNX Runtime failed on the input: {first}") from exc
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """`x` (float32) in the model input's own dtype (e.g. float16)."""
+        return as_input_dtype(self.graph, x)
 
     def run(self, x: np.ndarray, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
-        """Forward `x`; return (logits, {tensor: value}, {tensor: shape})."""
+        """Forward `x`; return (logits, {tensor: value}, {tensor: shape}).
+
+        The boundary of the engine's float32: `x` is fed in the model's input dtype, and the
+        logits and every recorded float tensor of another float type (float16, float64) come
+        back as float32; the backward computes in float32 throughout."""
         session = self._session(tuple(values), tuple(shapes))
         names = [o.name for o in session.get_outputs()]
-        outs = self.run_session(session, names, {self.graph.input_name: x})
-        recorded = dict(zip(names, outs))
+        fed = self.feed(x)
+        outs = self.run_session(session, names, {self.graph.input_name: fed})
+        recorded = {name: to_float32(out) for name, out in zip(names, outs)}
         value_map = {t: recorded[t] for t in values if t in recorded}
         if self.graph.input_name in values:
-            value_map[self.graph.input_name] = x
+            value_map[self.graph.input_name] = to_float32(fed)
         shape_map = {
             t: tuple(int(d) for d in recorded[t + SHAPE_SUFFIX])
             for t in shapes
@@ -118,3 +136,47 @@ class ForwardRecorder:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Plain inference: the logits only."""
         return self.run(x)[0]
+
+
+def to_float32(value):
+    """A recorded float tensor of another float type as float32 (NumPy or CuPy; other
+    dtypes unchanged)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and dtype.kind == "f" and dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
+def as_input_dtype(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """`x` cast to the dtype of the model's input (float32, float16 or float64)."""
+    elem = graph.dtypes.get(graph.input_name, onnx.TensorProto.FLOAT)
+    if elem == onnx.TensorProto.FLOAT:
+        return x
+    if elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        with np.errstate(over="ignore"):
+            cast = x.astype(dtype)
+        if not np.isfinite(cast).all():
+            raise InputError(
+                f"input holds values beyond the range of the model's {dtype.name} input "
+                f"'{graph.input_name}' (largest |x| {float(np.abs(x).max()):.3g}): rescale it"
+            )
+        return cast
+    name = onnx.TensorProto.DataType.Name(elem).lower()
+    raise InputError(
+        f"model input '{graph.input_name}' is {name}: feed models with float32, float16 or "
+        "float64 inputs (e.g. convert with onnxconverter-common's keep_io_types=True)"
+    )
+
+
+def first_non_finite(recorder: ForwardRecorder, x: np.ndarray) -> str | None:
+    """The first float tensor (in topological order) on the path to the logits whose value
+    on `x` holds NaN or Inf, or None. A diagnosis for the failure path only: it records
+    every such tensor in one forward pass (a session of its own, not cached)."""
+    graph = recorder.graph
+    names = [o for n in graph.path_nodes() for o in n.outputs if o and graph.is_float(o)]
+    session = recorder.session_for(recording_model(graph, names, ()))
+    outputs = {o.name for o in session.get_outputs()}
+    names = [t for t in names if t in outputs]
+    values = recorder.run_session(session, names, {graph.input_name: as_input_dtype(graph, x)})
+    return next((t for t, v in zip(names, values) if not np.isfinite(v).all()), None)

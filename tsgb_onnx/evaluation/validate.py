@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from tsgb_onnx.errors import InputError
+from tsgb_onnx.evaluation.drift import Drift, explanation_drift
 from tsgb_onnx.evaluation.evaluate import METRICS, Evaluation, Settings, evaluate
+from tsgb_onnx.io.atomic import write_bytes_atomic, write_text_atomic
 
 # threshold key -> (metric that computes it, direction of "better")
 CHECKS = {
@@ -52,6 +54,144 @@ class ConfigError(InputError):
     """The validation config is missing, malformed or inconsistent."""
 
 
+# the tables a config may have and the keys each may hold (thresholds and options: checked
+# by their own parsers, which know the metric and method names)
+TABLE_KEYS = {
+    "model": {"path", "output"},
+    "data": {"path"},
+    "evaluation": {"methods", "metrics"} | SETTINGS_KEYS,
+    "options": None,
+    "thresholds": None,
+    "output": {"dir", "worst"},
+    "drift": {
+        "reference",
+        "method",
+        "top_fraction",
+        "min_spearman",
+        "min_image_spearman",
+        "min_overlap",
+        "min_top1_agreement",
+    },
+}
+# [drift] bound -> (Drift attribute it bounds, what is checked)
+DRIFT_BOUNDS = {
+    "min_spearman": ("spearman", "mean Spearman of the deployed and the reference maps"),
+    "min_image_spearman": ("spearman", "every image's Spearman"),
+    "min_overlap": ("overlap", "mean share of the reference's top pixels kept"),
+    "min_top1_agreement": ("top1_agrees", "share of images with the same top-1 class"),
+}
+
+
+def _fraction(v) -> bool:
+    return _number(v) and 0 < v <= 1
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# key -> (is the value valid?, what the key takes)
+VALUE_CHECKS = {
+    ("model", "path"): (lambda v: isinstance(v, str) and v != "", "a file path (a string)"),
+    ("model", "output"): (lambda v: isinstance(v, str) and v != "", "an output name (a string)"),
+    ("data", "path"): (
+        lambda v: isinstance(v, str) and v != "",
+        "a manifest, a folder, 'synthetic[:N[:SEED]]' or 'skimage' (a string)",
+    ),
+    ("evaluation", "batch_size"): (_positive_int, "a positive integer"),
+    ("evaluation", "predict_batch"): (_positive_int, "a positive integer"),
+    ("evaluation", "sanity_samples"): (_positive_int, "a positive integer"),
+    ("evaluation", "step"): (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("evaluation", "score"): (lambda v: v in ("softmax", "sigmoid"), '"softmax" or "sigmoid"'),
+    ("evaluation", "tolerance"): (lambda v: _number(v) and v >= 0, "a number of pixels, >= 0"),
+    ("evaluation", "component"): (lambda v: v in ("largest", "all"), '"largest" or "all"'),
+    ("evaluation", "seed"): (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a non-negative integer",
+    ),
+    ("evaluation", "backend"): (
+        lambda v: v in ("auto", "compiled", "numpy"),
+        '"auto", "compiled" or "numpy"',
+    ),
+    ("output", "dir"): (lambda v: isinstance(v, str) and v != "", "a folder path (a string)"),
+    ("output", "worst"): (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a non-negative integer (worst cases shown per method)",
+    ),
+    ("drift", "reference"): (
+        lambda v: isinstance(v, str) and v != "",
+        "the float reference model's path (a string)",
+    ),
+    ("drift", "method"): (lambda v: isinstance(v, str) and v != "", "a method name"),
+    ("drift", "top_fraction"): (_fraction, "a number in (0, 1]"),
+    ("drift", "min_spearman"): (lambda v: _number(v) and -1 <= v <= 1, "a number in [-1, 1]"),
+    ("drift", "min_image_spearman"): (
+        lambda v: _number(v) and -1 <= v <= 1,
+        "a number in [-1, 1]",
+    ),
+    ("drift", "min_overlap"): (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("drift", "min_top1_agreement"): (
+        lambda v: _number(v) and 0 <= v <= 1,
+        "a number in [0, 1]",
+    ),
+}
+
+
+def check_config(cfg: dict, where: str = "config") -> None:
+    """Refuse, before anything runs or is written, a config with an unknown table or key or
+    a value of the wrong kind: one line naming the file (`where`), the table and the key."""
+    unknown = sorted(set(cfg) - set(TABLE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown table [{unknown[0]}]; known: "
+            + ", ".join(f"[{t}]" for t in TABLE_KEYS)
+        )
+    for table, keys in TABLE_KEYS.items():
+        value = cfg.get(table)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{table}] must be a table, got {value!r}")
+        for key in sorted(value):
+            if keys is not None and key not in keys:
+                raise ConfigError(
+                    f"{where}: [{table}] has unknown key '{key}'; known: {', '.join(sorted(keys))}"
+                )
+            check = VALUE_CHECKS.get((table, key))
+            if check is not None and not check[0](value[key]):
+                raise ConfigError(
+                    f"{where}: [{table}] {key} must be {check[1]}, got {value[key]!r}"
+                )
+    for method, opts in (cfg.get("options") or {}).items():
+        if not isinstance(opts, dict):
+            raise ConfigError(
+                f"{where}: [options] {method} must be a table of that method's options "
+                f"([options.{method}]), got {opts!r}"
+            )
+
+
+def _check_options(options: dict, methods: list[str], where: str) -> None:
+    """[options.NAME] must name a method the config evaluates (a typo would be ignored), with
+    options that method has."""
+    from tsgb_onnx.errors import MethodError
+    from tsgb_onnx.methods.table import get_method
+
+    for name, opts in options.items():
+        if name not in methods:
+            raise ConfigError(
+                f"{where}: [options.{name}] names no evaluated method; [evaluation] methods "
+                f"are {', '.join(methods)}"
+            )
+        try:
+            get_method(name).resolve_options(opts)
+        except (MethodError, TypeError, ValueError) as exc:  # MethodError: a ValueError
+            raise ConfigError(f"{where}: [options.{name}] {exc}") from None
+
+
 @dataclass
 class Check:
     name: str  # "<method>.<metric>"
@@ -74,6 +214,8 @@ class ValidationReport:
     checks: list[Check]
     evaluation: Evaluation
     files: dict = field(default_factory=dict)
+    drift: Drift | None = None
+    drift_failing: list[str] = field(default_factory=list)  # images under min_image_spearman
 
     @property
     def passed(self) -> bool:
@@ -99,6 +241,21 @@ class ValidationReport:
                 for c in self.checks
             ],
             "evaluation": self.evaluation.to_dict(),
+            "drift": None
+            if self.drift is None
+            else {
+                **self.drift.summary(),
+                "failing_images": self.drift_failing,
+                "per_image": [
+                    {"image": n, "spearman": float(r), "overlap": float(o), "top1_agrees": bool(a)}
+                    for n, r, o, a in zip(
+                        self.drift.names,
+                        self.drift.spearman,
+                        self.drift.overlap,
+                        self.drift.top1_agrees,
+                    )
+                ],
+            },
             "files": self.files,
         }
 
@@ -172,6 +329,8 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
     from tsgb_onnx.evaluation.evaluate import parse_methods, parse_metrics
 
     cfg, base = load_config(config)
+    where = "config" if isinstance(config, dict) else f"config '{config}'"
+    check_config(cfg, where)
     model_t, data_t = _table(cfg, "model", True), _table(cfg, "data", True)
     ev_t, out_t = _table(cfg, "evaluation"), _table(cfg, "output")
     if not isinstance(model_t.get("path"), str):
@@ -184,7 +343,10 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
     if not Path(model).is_file():
         raise ConfigError(f"model file '{model}' (config [model] path) does not exist")
     methods = parse_methods(ev_t.get("methods", ["tsgb"]))
-    thresholds = parse_thresholds(_table(cfg, "thresholds"), methods)
+    try:
+        thresholds = parse_thresholds(_table(cfg, "thresholds"), methods)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     needed = {CHECKS[k][0] for t in thresholds.values() for k in t if CHECKS[k][0]}
     metrics = (
         parse_metrics(ev_t["metrics"])
@@ -196,14 +358,9 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
         raise ConfigError(
             f"thresholds need metric(s) {', '.join(missing)} that [evaluation] metrics leaves out"
         )
-    unknown = sorted(set(ev_t) - SETTINGS_KEYS - {"methods", "metrics"})
-    if unknown:
-        raise ConfigError(
-            f"[evaluation] has unknown key '{unknown[0]}'; known: "
-            f"methods, metrics, {', '.join(sorted(SETTINGS_KEYS))}"
-        )
     settings = Settings(progress=progress, **{k: ev_t[k] for k in SETTINGS_KEYS if k in ev_t})
     options = _table(cfg, "options")
+    _check_options(options, methods, where)
     evaluation = evaluate(
         model,
         _resolve(base, data_t["path"]),
@@ -215,22 +372,74 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
         strict=True,
     )
     checks = _checks(evaluation, thresholds)
+    drift, failing = None, []
+    if "drift" in cfg:
+        drift, drift_checks, failing = _drift(cfg["drift"], base, model, evaluation, where)
+        checks += drift_checks
     out = (
         Path(out_dir)
         if out_dir is not None
         else Path(_resolve(base, out_t.get("dir", "validation")))
     )
     out.mkdir(parents=True, exist_ok=True)
-    report = ValidationReport(checks, evaluation)
+    report = ValidationReport(checks, evaluation, drift=drift, drift_failing=failing)
     report.files = {
         "json": str(out / "report.json"),
         "junit": str(out / "junit.xml"),
         "html": str(out / "report.html"),
     }
-    Path(report.files["json"]).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_text_atomic(report.files["json"], json.dumps(report.to_dict(), indent=2) + "\n")
     write_junit(report, report.files["junit"])
     write_html(report, report.files["html"], worst=int(out_t.get("worst", 4)))
     return report
+
+
+def _drift(
+    table: dict, base: Path, deployed: str, evaluation: Evaluation, where: str
+) -> tuple[Drift, list[Check], list[str]]:
+    """The [drift] check: the deployed model ([model] path) against `reference`."""
+    if "reference" not in table:
+        raise ConfigError(f'{where}: [drift] needs reference = "FLOAT_MODEL.onnx"')
+    reference = _resolve(base, table["reference"])
+    if not Path(reference).is_file():
+        raise ConfigError(f"reference model '{reference}' ([drift] reference) does not exist")
+    method = table.get("method", "tsgb")
+    from tsgb_onnx.methods.table import get_method
+
+    get_method(method)  # an unknown name: one line before any work
+    data = evaluation.dataset
+    drift = explanation_drift(
+        deployed,
+        reference,
+        data.x,
+        method=method,
+        names=data.names,
+        top_fraction=float(table.get("top_fraction", 0.1)),
+    )
+    checks, failing = [], []
+    for key, (attribute, _) in DRIFT_BOUNDS.items():
+        if key not in table:
+            continue
+        limit = float(table[key])
+        values = np.asarray(getattr(drift, attribute), dtype=np.float64)
+        if key == "min_image_spearman":
+            failing = [n for n, v in zip(drift.names, values) if not v >= limit]
+            value = float(values.min())
+        else:
+            value = float(values.mean())
+        name = f"drift.{method}.{key.removeprefix('min_')}"
+        checks.append(
+            Check(
+                name,
+                "drift",
+                key.removeprefix("min_"),
+                value,
+                "min",
+                limit,
+                math.isfinite(value) and value >= limit,
+            )
+        )
+    return drift, checks, failing
 
 
 def _checks(evaluation: Evaluation, thresholds: dict) -> list[Check]:
@@ -264,11 +473,16 @@ def write_junit(report: ValidationReport, path: str | Path) -> None:
     for c in report.checks:
         case = ET.SubElement(suite, "testcase", classname=f"tsgb.validate.{c.method}", name=c.name)
         if not c.passed:
-            fail = ET.SubElement(case, "failure", message=c.message, type="threshold")
-            fail.text = c.message
+            message = c.message
+            if c.metric == "image_spearman" and report.drift_failing:
+                message += "; images under it: " + ", ".join(report.drift_failing)
+            fail = ET.SubElement(case, "failure", message=message, type="threshold")
+            fail.text = message
     root = ET.Element("testsuites", tests=str(len(report.checks)), failures=str(failures))
     root.append(suite)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    buffer = io.BytesIO()
+    ET.ElementTree(root).write(buffer, encoding="utf-8", xml_declaration=True)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _png_b64(rgb: np.ndarray, scale: int) -> str:
@@ -347,4 +561,41 @@ def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> No
                 f"<img src='data:image/png;base64,{_png_b64(overlay, scale)}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
-    Path(path).write_text("\n".join(parts) + "\n", encoding="utf-8")
+    if report.drift is not None:
+        parts.append(_drift_html(report, worst))
+    write_text_atomic(path, "\n".join(parts) + "\n")
+
+
+def _drift_html(report: ValidationReport, worst: int) -> str:
+    """The drift summary and the worst images: photo, reference map, deployed map."""
+    from tsgb_onnx.io.render import heatmap
+
+    drift, data = report.drift, report.evaluation.dataset
+    summary = drift.summary()
+    parts = [
+        f"<h2>Explanation drift ({html.escape(drift.method)}): deployed vs reference</h2>",
+        f"<p>Spearman mean {summary['spearman_mean']:.3f} (min {summary['spearman_min']:.3f}),"
+        f" top-{summary['top_fraction']:.0%} pixel overlap {summary['overlap_mean']:.3f},"
+        f" top-1 agreement {summary['top1_agreement']:.3f}</p>",
+    ]
+    for i in drift.worst(worst):
+        rgb = data.rgb[i]
+        scale = max(1, 192 // max(rgb.shape[:2]))
+        caption = (
+            f"{data.names[i]}: Spearman {drift.spearman[i]:.3f}, overlap "
+            f"{drift.overlap[i]:.3f}, top-1 {'agrees' if drift.top1_agrees[i] else 'differs'}"
+        )
+        images = "".join(
+            f"<img title='{title}' src='data:image/png;base64,"
+            f"{_png_b64(heatmap(np.nan_to_num(m), rgb), scale)}'>"
+            for title, m in (
+                ("reference", drift.reference_maps[i]),
+                ("deployed", drift.deployed_maps[i]),
+            )
+        )
+        parts.append(
+            f"<figure><img src='data:image/png;base64,{_png_b64(rgb, scale)}'>{images}"
+            f"<figcaption>{html.escape(caption)} (photo | reference | deployed)"
+            "</figcaption></figure>"
+        )
+    return "\n".join(parts)

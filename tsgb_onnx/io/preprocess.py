@@ -7,6 +7,7 @@ channel order (RGB or BGR), scale pixels to [0, pixel_max], subtract `mean`, div
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -145,16 +146,115 @@ def as_settings(prep: Preprocessing | str | Mapping[str, Any] | None) -> dict[st
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as uint8 RGB [H, W, 3]."""
+    """An image file as uint8 RGB [H, W, 3]: the picture an 8-bit RGB rendering shows.
+
+    Every Pillow mode is read by its meaning (`to_rgb8`): 16-bit greys scaled to 8 bits,
+    LAB converted through LittleCMS, and an alpha channel **dropped** (the colour stored
+    under a transparent pixel is used as it is, as torchvision's loader does, so a model sees
+    what it was trained on). An image over Pillow's decompression-bomb limit, or one that
+    cannot be read or converted, is an InputError.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im, f"image '{path}'")
     except FileNotFoundError:
         raise InputError(f"image '{path}' does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"image '{path}' is over Pillow's decompression-bomb limit: {str(exc).rstrip('.')}; "
+            "give a smaller image (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
+        ) from None
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"image '{path}' cannot be read as an image: {exc}") from None
+
+
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")  # unsigned 16-bit grey: white is 65535
+_ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
+# 32-bit modes carry no white level: the smallest of these that holds every value is used
+_INT_WHITES = (255, 65535)  # "I": 8-bit values (Pillow's own L → I), else 16-bit (older
+# Pillow opens 16-bit PNGs as "I")
+_FLOAT_WHITES = (1.0, 255.0)  # "F": [0, 1] (float images), else [0, 255] (Pillow's L → F)
+
+
+def to_rgb8(im, where: str = "image") -> np.ndarray:
+    """A Pillow image of any mode as uint8 RGB [H, W, 3].
+
+    1, L, P, RGB, CMYK, YCbCr, HSV: Pillow's conversion. LA, PA, RGBA and P with a
+    transparent colour: alpha dropped. I;16 / I;16B / I;16L: value / 257, rounded (65535 →
+    255, the inverse of 8 → 16-bit's ×257). I (32-bit integers) and F (32-bit floats): scaled
+    from the first white level that holds every value (I: 255, then 65535; F: 1.0, then
+    255); negative values, NaN or values above the largest level are an InputError (no white
+    level is known). LAB: CIE L*a*b* (D50) → sRGB through LittleCMS (ImageCms).
+    """
+    mode = im.mode
+    if mode in _GREY16 or mode in ("I", "F"):
+        return np.repeat(_grey8(im, where)[..., None], 3, axis=2)
+    if mode == "LAB":
+        return _lab_to_rgb(im, where)
+    if mode in _ALPHA or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")  # alpha dropped below
+    try:
+        return np.asarray(im.convert("RGB"))
+    except ValueError as exc:
+        raise InputError(
+            f"{where} has Pillow mode '{mode}', which cannot be converted to RGB ({exc}); "
+            "save it as 8-bit RGB or grey"
+        ) from None
+
+
+def _grey8(im, where: str) -> np.ndarray:
+    """A one-band 16-bit or 32-bit image as uint8 grey, scaled by its white level."""
+    a = np.asarray(im)
+    if im.mode in _GREY16:
+        white = 65535.0
+    else:
+        white = _white_level(a, im.mode, where)
+    grey = np.rint(a.astype(np.float64) * (255.0 / white))
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
+def _white_level(a: np.ndarray, mode: str, where: str) -> float:
+    if a.size == 0:
+        return 255.0
+    if mode == "F" and not np.isfinite(a).all():
+        raise InputError(f"{where} is a float image holding NaN or Inf: clean it first")
+    lo, hi = float(a.min()), float(a.max())
+    whites = _FLOAT_WHITES if mode == "F" else _INT_WHITES
+    if lo >= 0:
+        for white in whites:
+            if hi <= white:
+                return float(white)
+    kind = "32-bit float" if mode == "F" else "32-bit integer"
+    ranges = " or ".join(f"[0, {w:g}]" for w in whites)
+    raise InputError(
+        f"{where} is a {kind} image with values in [{lo:g}, {hi:g}], outside {ranges}: "
+        "its white level is unknown; save it as an 8- or 16-bit image"
+    )
+
+
+def _lab_to_rgb(im, where: str) -> np.ndarray:
+    try:
+        from PIL import ImageCms
+
+        transform = _lab_transform()
+    except Exception as exc:  # Pillow built without LittleCMS, or LittleCMS refused
+        raise InputError(
+            f"{where} is a LAB image; converting it needs Pillow with LittleCMS ({exc}): "
+            "save it as RGB"
+        ) from None
+    return np.asarray(ImageCms.applyTransform(im, transform))
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_transform():
+    from PIL import ImageCms
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
 
 
 def fit_image(rgb: np.ndarray, prep: Preprocessing) -> np.ndarray:
@@ -232,8 +332,8 @@ def read_npy(path: Path, rank: int) -> np.ndarray:
         raise InputError(f"input '{path}' does not exist") from None
     except Exception as exc:
         raise InputError(f"input '{path}' is not a readable .npy array: {exc}") from None
-    if a.ndim >= 1 and a.dtype.kind in "iuf":
-        a = a.astype(np.float32)
+    if a.ndim >= 1:
+        a = _as_float32(a, path)
     if a.ndim == rank - 1:
         a = a[None]
     elif a.ndim != rank:
@@ -242,6 +342,29 @@ def read_npy(path: Path, rank: int) -> np.ndarray:
             f"(give [{'batch, ' if rank > 1 else ''}...] with {rank} or {rank - 1} axes)"
         )
     return a
+
+
+def _as_float32(a: np.ndarray, path: Path) -> np.ndarray:
+    """Booleans, integers and floats as float32; anything else, or a finite value beyond
+    float32's range, is an InputError (never a silent cast)."""
+    if a.dtype.kind not in "biuf":
+        what = "complex" if a.dtype.kind == "c" else "non-numeric"
+        raise InputError(
+            f"input '{path}' holds {what} values ({a.dtype}); the model takes real numbers: "
+            "save a float array (e.g. its real part or magnitude, if that is what you mean)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(np.float32)
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        overflow = np.isinf(out) & np.isfinite(a)
+        if overflow.any():
+            first = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise InputError(
+                f"input '{path}' holds {a[first]:g} (at index {first}), which overflows "
+                f"float32 (largest {np.finfo(np.float32).max:.4g}); the model runs in float32: "
+                "rescale the input"
+            )
+    return out
 
 
 def read_input(path: Path, name: str, prep: Preprocessing, rank: int = 4):

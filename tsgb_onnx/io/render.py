@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tsgb_onnx.errors import InputError
+
 # anchor colours of a jet-like map (dark blue → cyan → yellow → red)
 _ANCHORS = np.array(
     [
@@ -76,6 +78,24 @@ def colorize(unit: np.ndarray, cmap: str | None = None, diverging: bool = False)
             rgba = colormaps[cmap](np.clip(np.nan_to_num(unit), 0, 1))
             return (rgba[..., :3] * 255).round().astype(np.uint8)
     return _table(_DIVERGING if diverging else _ANCHORS, unit)
+
+
+def check_cmap(name: str) -> None:
+    """Refuse a `--cmap` that would be ignored: an unknown matplotlib colormap name, or any
+    name when matplotlib (which provides them) is not installed."""
+    try:
+        from matplotlib import colormaps
+    except ImportError:
+        raise InputError(
+            f"--cmap '{name}' needs matplotlib (pip install matplotlib); without it the "
+            "built-in colours are used: leave --cmap out"
+        ) from None
+    if name not in colormaps:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(colormaps), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "e.g. jet, viridis, RdBu_r"
+        raise InputError(f"--cmap: unknown matplotlib colormap '{name}'; {hint}")
 
 
 def default_cmap(diverging: bool) -> str | None:

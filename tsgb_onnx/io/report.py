@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tsgb_onnx.io.atomic import write_text_atomic
 from tsgb_onnx.io.render import png_bytes
 
 
@@ -27,6 +28,7 @@ class InputEntry:
     name: str
     picture: str | None  # an <img> src, or None when the input has no picture
     maps: list[MapEntry] = field(default_factory=list)
+    error: str | None = None  # why the input was skipped (no picture, no maps)
 
 
 def data_uri(rgb) -> str:
@@ -42,6 +44,7 @@ table { border-collapse: collapse; } td, th { padding: 6px 10px; vertical-align:
 figure { display: inline-block; margin: 0 8px 0 0; }
 figcaption { font-size: .85em; max-width: 224px; }
 img { width: 224px; image-rendering: pixelated; display: block; }
+.failed { color: #b00; }
 """
 
 
@@ -52,12 +55,13 @@ def render_index(entries: list[InputEntry], title: str, meta: dict[str, str]) ->
     head = "".join(f"<th>top-{r + 1}</th>" if k > 1 else "<th>map</th>" for r in range(k))
     rows = []
     for entry in entries:
-        pic = (
-            f'<img src="{e(entry.picture)}" alt="input {e(entry.name)}">'
-            if entry.picture
-            else "<em>no picture</em>"
-        )
+        if entry.picture:
+            pic = f'<img src="{e(entry.picture)}" alt="input {e(entry.name)}">'
+        else:
+            pic = "<em>no picture</em>" if entry.error is None else "<em>failed</em>"
         cells = [f"<td><figure>{pic}<figcaption>{e(entry.name)}</figcaption></figure></td>"]
+        if entry.error is not None:
+            cells.append(f'<td colspan="{k}" class="failed">skipped: {e(entry.error)}</td>')
         for m in entry.maps:
             name = f"{m.target}" + (f" {e(m.label)}" if m.label else "")
             cells.append(
@@ -78,4 +82,4 @@ def render_index(entries: list[InputEntry], title: str, meta: dict[str, str]) ->
 
 
 def write_index(path: Path, entries: list[InputEntry], title: str, meta: dict[str, str]) -> None:
-    path.write_text(render_index(entries, title, meta), encoding="utf-8")
+    write_text_atomic(path, render_index(entries, title, meta))

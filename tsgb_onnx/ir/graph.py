@@ -7,6 +7,7 @@ name, and the model input and the logits tensor (before any final Softmax) are k
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -18,7 +19,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tsgb_onnx.errors import ModelError
+from tsgb_onnx.errors import (
+    ModelError,
+    NonFiniteError,
+    RuntimeUnavailableError,
+    is_out_of_memory,
+    out_of_memory,
+)
 
 ModelLike = str | os.PathLike | bytes | onnx.ModelProto
 
@@ -29,6 +36,10 @@ FLOAT_TYPES = {
     onnx.TensorProto.BFLOAT16,
 }
 _SOFTMAX_OPS = {"Softmax", "LogSoftmax"}
+
+
+class MetadataWarning(UserWarning):
+    """The model's tsgb metadata cannot be read; it is ignored (said once per model)."""
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Graph:
                     self.consumers.setdefault(t, []).append(n)
         self.input_name = input_name
         self.logits_name = logits_name
+        self._noted_metadata = False
 
     # -- queries -----------------------------------------------------------------
     def is_float(self, tensor: str) -> bool:
@@ -164,18 +176,78 @@ class Graph:
 
     def declared_layout(self) -> str | None:
         """The input layout ('nchw' / 'nhwc') stored by the exporters in the model metadata
-        (`tsgb.preprocess`), if any: it decides for channels-last models without a Transpose."""
+        (`tsgb.preprocess`), if any: it decides for channels-last models without a Transpose.
+        Unreadable metadata is ignored with one `MetadataWarning` per graph."""
         for prop in self.model.metadata_props:
             if prop.key == "tsgb.preprocess":
                 try:
                     layout = json.loads(prop.value).get("layout")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError) as exc:
+                    if not self._noted_metadata:
+                        self._noted_metadata = True
+                        warnings.warn(
+                            "the model's 'tsgb.preprocess' metadata is not a JSON object "
+                            f"({_first_line(exc)}): its input layout is ignored and the "
+                            "channel axis is read from the graph",
+                            MetadataWarning,
+                            stacklevel=3,
+                        )
                     return None
                 return layout if layout in ("nchw", "nhwc") else None
         return None
 
     def op_types(self) -> list[str]:
         return sorted({n.op_type for n in self.nodes})
+
+    def path_nodes(self) -> list[Node]:
+        """The nodes the logits depend on (through any tensor), in topological order."""
+        needed: set[str] = set()
+        stack = [self.logits_name]
+        while stack:
+            node = self.producer.get(stack.pop())
+            if node is not None and node.name not in needed:
+                needed.add(node.name)
+                stack.extend(t for t in node.inputs if t)
+        return [n for n in self.nodes if n.name in needed]
+
+
+# constant inputs where +-Inf is a meaningful bound, not a broken weight (NaN never is)
+_BOUND_INPUTS = {"Clip": (1, 2), "Pad": (2,), "Where": (1, 2), "Max": None, "Min": None}
+
+
+def _is_bound(node: Node, i: int) -> bool:
+    if node.op_type not in _BOUND_INPUTS:
+        return False
+    allowed = _BOUND_INPUTS[node.op_type]
+    return allowed is None or i in allowed
+
+
+def check_finite_constants(graph: Graph) -> None:
+    """NonFiniteError naming the first constant on the path to the logits that holds NaN
+    (or Inf, where it is not a bound such as Clip's max), and the node that reads it.
+
+    Cheap (one `isfinite` per float initializer the logits depend on), so it runs whenever
+    an explainer is built or a model converted: such a model can only give NaN maps."""
+    checked: set[str] = set()
+    for node in graph.path_nodes():
+        for i, name in enumerate(node.inputs):
+            value = graph.constants.get(name)
+            if value is None or name in checked or value.dtype.kind != "f":
+                continue
+            checked.add(name)
+            bad = np.isnan(value) if _is_bound(node, i) else ~np.isfinite(value)
+            if bad.any():
+                raise NonFiniteError(_bad_constant_message(name, node, i, value, bad))
+
+
+def _bad_constant_message(name: str, node: Node, i: int, value: np.ndarray, bad) -> str:
+    where = tuple(int(k) for k in np.argwhere(bad)[0]) if value.ndim else ()
+    kind = "NaN" if np.isnan(value).any() else "Inf"
+    return (
+        f"the model's constant '{name}' (input {i} of node '{node.name}' ({node.op_type})) "
+        f"holds {kind} ({int(bad.sum())} of {value.size} values, first at index {where}), so "
+        "every map and logit it reaches is NaN/Inf: re-export the model from finite weights"
+    )
 
 
 def _attr_value(a: onnx.AttributeProto) -> Any:
@@ -218,8 +290,9 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # onnx raises several types here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{what} failed the ONNX checker: {first}") from exc
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, f"checking {what}") from exc
+        raise ModelError(f"{what} failed the ONNX checker: {_first_line(exc)}") from exc
     return proto
 
 
@@ -228,6 +301,8 @@ def _parse(data: bytes, what: str, base_dir: Path | None = None) -> onnx.ModelPr
     try:
         proto.ParseFromString(data)
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, f"reading {what}") from exc
         raise ModelError(
             f"{what} is not a readable ONNX file (truncated or not a protobuf): {exc}"
         ) from exc
@@ -237,6 +312,8 @@ def _parse(data: bytes, what: str, base_dir: Path | None = None) -> onnx.ModelPr
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, f"loading the external data of {what}") from exc
             raise ModelError(f"{what}: cannot load its external data: {exc}") from exc
     return proto
 
@@ -335,31 +412,53 @@ def canonicalize(proto: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
     (returns a new model)."""
     model = proto
     if fold:
-        try:
-            import onnx_graphsurgeon as gs
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                g = gs.import_onnx(model)
-                g.fold_constants(error_ok=True).cleanup(remove_unused_graph_inputs=False)
-                g.toposort()
-                folded = gs.export_onnx(g, do_type_check=False)
-            folded.ir_version = proto.ir_version
-            del folded.opset_import[:]
-            folded.opset_import.extend(proto.opset_import)
-            folded.metadata_props.extend(proto.metadata_props)
-            model = folded
-        except Exception:  # folding is an optimisation: keep the original graph
-            model = proto
-        if model is proto:
-            model = onnx.ModelProto()
-            model.CopyFrom(proto)
-        model = fold_pads_into_convs(model)
+        model = fold_pads_into_convs(fold_constants(proto))
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, "inferring the model's shapes") from exc
         raise ModelError(f"shape inference failed on the model: {exc}") from exc
     return model
+
+
+def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx-graphsurgeon's constant folding (a new model), its failures raised.
+
+    With `error_ok=True` graphsurgeon logs a failed ONNX Runtime call (out of memory, say)
+    and returns the graph unfolded, which then fails much later with a misleading error
+    (a Clip whose bounds are not constants); here the real cause is the error."""
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise RuntimeUnavailableError(
+            "ONNX Runtime is not installed (constant folding and every explanation need it): "
+            "pip install 'tsgb-onnx[cpu]' (or 'tsgb-onnx[gpu]' for CUDA)"
+        )
+    with G_LOGGER.suppress():  # it prints to stdout; its failures are raised instead
+        try:
+            g = gs.import_onnx(proto)
+            g.fold_constants(error_ok=False).cleanup(remove_unused_graph_inputs=False)
+            g.toposort()
+            folded = gs.export_onnx(g, do_type_check=False)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, "folding the model's constants in ONNX Runtime") from exc
+            raise ModelError(
+                f"folding the model's constants failed (onnx-graphsurgeon with ONNX Runtime): "
+                f"{_first_line(exc)}: check that the model runs in ONNX Runtime"
+            ) from exc
+    folded.ir_version = proto.ir_version
+    del folded.opset_import[:]
+    folded.opset_import.extend(proto.opset_import)
+    folded.metadata_props.extend(proto.metadata_props)
+    return folded
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def build_graph(model: ModelLike, output: str | None = None, fold: bool = True) -> Graph:

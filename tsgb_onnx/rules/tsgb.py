@@ -5,8 +5,9 @@ Overrides of the exact gradient:
 * TSGB-Conv (eq. 3-5) on every Conv, groups kept (depthwise works per channel);
 * eq. 6 on BatchNormalization, LRN and InstanceNormalization;
 * the eq. 6 variant on AveragePool for batch rows whose input holds negatives.
-Options: ``alpha`` (eq. 2 scale, default 1.0), ``reference_compat`` (the reference code's
-variants: ``|sum_i x W-|`` in TSGB-FC and conv groups ignored in TSGB-Conv).
+Options: ``alpha`` (eq. 2 scale; default 0.8 in `methods.table`, 1.0 reproduces the reference
+code), ``reference_compat`` (the reference code's variants: ``|sum_i x W-|`` in TSGB-FC and conv
+groups ignored in TSGB-Conv).
 """
 
 from __future__ import annotations
@@ -188,8 +189,9 @@ def tsgb_clip(ops, node, fwd, grads, opts):
 
 
 def _tsgb_conv_reads(node):
+    # the weight's shape: recorded only when the weight is computed (e.g. dequantized)
     after = relu_after(node)
-    return ("x0", "y0") if after is None else ("x0", "@" + after)
+    return ("x0", "y0", "x1.shape") if after is None else ("x0", "@" + after, "x1.shape")
 
 
 @register("Conv", reads=_tsgb_conv_reads)
@@ -331,16 +333,30 @@ def tsgb_fc_step(ops, x, w, g, alpha: float = 1.0, reference_compat: bool = Fals
 
 
 _FC_RULES = RuleSet("tsgb")
-_FC_RULES.register(["Gemm", "MatMul"], reads=("x0",))(_tsgb_fc)
+# the weight is recorded only when it is computed (a dequantized constant of a QDQ model)
+_FC_RULES.register(["Gemm", "MatMul"], reads=("x0", "x1"))(_tsgb_fc)
+
+
+def _constant_weight(node) -> bool:
+    """Input 1 is a constant, or the dequantization of one (a QDQ model's weight)."""
+    if node.is_const(1):
+        return True
+    producer = node.graph.producer.get(node.inputs[1])
+    return (
+        producer is not None
+        and producer.op_type == "DequantizeLinear"
+        and all(producer.is_const(i) for i in range(len(producer.inputs)) if producer.inputs[i])
+    )
 
 
 def final_linear_node(graph):
-    """The Gemm/MatMul (constant weight) that produces the logits, or None."""
+    """The Gemm/MatMul with a constant (or dequantized constant) weight that produces the
+    logits, or None."""
     tensor = graph.logits_name
     while tensor in graph.producer:
         node = graph.producer[tensor]
         if node.op_type in ("Gemm", "MatMul"):
-            return node if node.is_const(1) and not node.is_const(0) else None
+            return node if _constant_weight(node) and not node.is_const(0) else None
         if node.op_type in _PASS_THROUGH:
             tensor = node.inputs[0]
         elif node.op_type == "Add" and (node.is_const(0) or node.is_const(1)):

@@ -242,3 +242,34 @@ def test_float16_input_beyond_its_range_is_one_line(half_models):
     x = np.full((1, 3, 64, 64), 1e6, np.float32)
     with pytest.raises(InputError, match="beyond the range of the model's float16 input"):
         Explainer(half, method="gradient").explain(x)
+
+
+def test_operator_format_quantization_is_refused_naming_op_and_dtype(tmp_path):
+    """QLinearConv & co. (QuantFormat.QOperator) have no rules: one error naming the node,
+    its op and its dtype, when the explainer is built (quantize with QuantFormat.QDQ)."""
+    from pathlib import Path
+
+    from tsgb_onnx import UnsupportedOpError
+    from tsgb_onnx.evaluation.datasets import load_dataset
+
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    vgg = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data" / "synthetic_vgg.onnx"
+    x = load_dataset("synthetic:2:3").x.astype(np.float32)
+
+    class Scenes(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    out = tmp_path / "qop.onnx"
+    quantization.quantize_static(
+        str(vgg), str(out), Scenes(), quant_format=quantization.QuantFormat.QOperator
+    )
+    with pytest.raises(UnsupportedOpError) as info:
+        Explainer(str(out), method="gradient")
+    message = str(info.value)
+    assert "QLinearConv, uint8)" in message or "QLinearConv, int8)" in message, message
+    name = next(n for n, op in info.value.nodes if op == "QLinearConv")
+    assert f"node '{name}'" in message

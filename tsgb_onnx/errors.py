@@ -25,10 +25,21 @@ class OutOfMemoryError(TsgbError, MemoryError):
 class UnsupportedOpError(ModelError):
     """A node on the backward path has no rule in the chosen method."""
 
-    def __init__(self, method: str, nodes: list[tuple[str, str]]):
+    def __init__(
+        self, method: str, nodes: list[tuple[str, str]], dtypes: dict[str, str] | None = None
+    ):
         self.method = method
         self.nodes = nodes
-        listed = ", ".join(f"node '{name}' ({op})" for name, op in nodes[:8])
+        dtypes = dtypes or {}
+
+        def shown(name: str, op: str) -> str:
+            return (
+                f"node '{name}' ({op}, {dtypes[name]})"
+                if name in dtypes
+                else f"node '{name}' ({op})"
+            )
+
+        listed = ", ".join(shown(name, op) for name, op in nodes[:8])
         more = f" and {len(nodes) - 8} more" if len(nodes) > 8 else ""
         super().__init__(
             f"method '{method}' has no backward rule for {listed}{more}; "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import onnx
+
 from tsgb_onnx.engine.rule import Rule, RuleSource
 from tsgb_onnx.errors import ModelError, UnsupportedOpError
 from tsgb_onnx.ir.graph import Graph, Node
@@ -83,8 +85,9 @@ def carries_signal(graph: Graph, tensor: str) -> bool:
     return node is not None and node.op_type in QUANTIZED_CARRIERS and node.outputs[0] == tensor
 
 
-def _reaching(graph: Graph, start: str, forward: bool) -> set[str]:
-    """Signal-carrying tensors reachable from `start` along data flow (forward or backward)."""
+def _reaching(graph: Graph, start: str, forward: bool, any_dtype: bool = False) -> set[str]:
+    """Signal-carrying tensors (`any_dtype`: all tensors) reachable from `start` along data
+    flow (forward or backward)."""
     seen = {start}
     stack = [start]
     while stack:
@@ -96,7 +99,7 @@ def _reaching(graph: Graph, start: str, forward: bool) -> set[str]:
         )
         for n in nodes:
             for nxt in n.outputs if forward else n.inputs:
-                if nxt and nxt not in seen and carries_signal(graph, nxt):
+                if nxt and nxt not in seen and (any_dtype or carries_signal(graph, nxt)):
                     seen.add(nxt)
                     stack.append(nxt)
     return seen
@@ -133,6 +136,37 @@ def live_tensors(graph: Graph, layer: str | None = None) -> set[str]:
     )
 
 
+def _refuse_cut_path(graph: Graph, method: RuleSource, layer: str, carried: set[str]) -> None:
+    """The logits depend on `layer` through tensors that carry no signal (integer tensors of
+    an operator-format quantized model, e.g. QLinearConv): name the nodes that cut the path."""
+    structural = _reaching(graph, layer, forward=True, any_dtype=True) & _reaching(
+        graph, graph.logits_name, forward=False, any_dtype=True
+    )
+    if graph.logits_name not in structural:
+        return
+    cut = [
+        (n.name, n.op_type)
+        for n in graph.nodes
+        if any(i in carried for i in n.inputs)
+        and not any(o in carried for o in n.outputs)
+        and any(o in structural for o in n.outputs)
+    ]
+    if cut:
+        raise UnsupportedOpError(method.name, cut, _output_dtypes(graph, cut))
+
+
+def _output_dtypes(graph: Graph, nodes: list[tuple[str, str]]) -> dict[str, str]:
+    """The element type of each node's first output, by node name (for error messages)."""
+    by_name = {n.name: n for n in graph.nodes}
+    shown = {}
+    for name, _ in nodes:
+        node = by_name.get(name)
+        elem = graph.dtypes.get(node.outputs[0]) if node is not None and node.outputs else None
+        if elem:
+            shown[name] = onnx.TensorProto.DataType.Name(elem).lower()
+    return shown
+
+
 def _check_tensor(graph: Graph, name: str) -> None:
     if not graph.has_tensor(name):
         raise ModelError(f"layer '{name}' is not a tensor of the model")
@@ -160,6 +194,7 @@ def plan(
         _check_tensor(graph, t)
         reach = _reaching(graph, t, forward=True) & upstream
         if graph.logits_name not in reach:
+            _refuse_cut_path(graph, method, t, _reaching(graph, t, forward=True))
             raise ModelError(f"the logits '{graph.logits_name}' do not depend on layer '{t}'")
         live |= reach
 
@@ -177,7 +212,7 @@ def plan(
             missing.append((node.name, node.op_type))
         rules.append((node, rule))
     if missing:
-        raise UnsupportedOpError(method.name, missing)
+        raise UnsupportedOpError(method.name, missing, _output_dtypes(graph, missing))
 
     raw: list[tuple[Node, Rule, list[str], list[str]]] = []
     for node, rule in reversed(rules):

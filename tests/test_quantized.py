@@ -207,11 +207,18 @@ def half_models(onnx_zoo):
     for net in ("vgg16_style", "resnet50_style", "silu_se_net", "cnn1d"):
         _, proto = onnx_zoo.get(net, False)
         models[net] = (proto, float16.convert_float_to_float16(proto, keep_io_types=False))
+        # a mixed graph: float32 input and logits, float16 inside (Casts at both ends)
+        models[net + "-mixed"] = (
+            proto,
+            float16.convert_float_to_float16(proto, keep_io_types=True),
+        )
     return models
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("net", ["vgg16_style", "resnet50_style", "silu_se_net", "cnn1d"])
+@pytest.mark.parametrize(
+    "net", ["vgg16_style", "resnet50_style", "silu_se_net", "cnn1d", "resnet50_style-mixed"]
+)
 def test_float16_model_explains_like_its_float32_twin(half_models, onnx_zoo, net, backend):
     """The float16 model takes a float16 input (fed by the explainer from float32), records
     float16 activations, and the backward runs in float32: maps are float32. Bound: TSGB's map
@@ -221,8 +228,10 @@ def test_float16_model_explains_like_its_float32_twin(half_models, onnx_zoo, net
     from tsgb_onnx.evaluation.metrics import spearman
 
     full, half = half_models[net]
-    assert half.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
-    x = onnx_zoo.example(net, 2, 1).numpy()
+    mixed = net.endswith("-mixed")
+    want_type = TensorProto.FLOAT if mixed else TensorProto.FLOAT16
+    assert half.graph.input[0].type.tensor_type.elem_type == want_type
+    x = onnx_zoo.example(net.removesuffix("-mixed"), 2, 1).numpy()
     for method in ("tsgb", "gradient"):
         want = Explainer(full, method=method).explain(x)
         got = Explainer(half, method=method, backend=backend).explain(x, target=want.target)

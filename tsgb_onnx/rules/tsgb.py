@@ -28,7 +28,7 @@ TSGB = RuleSet("tsgb", parent=GRADIENT)
 register = TSGB.register
 
 # ops the logits may pass through after the final linear layer (and a bias Add)
-_PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout"}
+_PASS_THROUGH = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast"}
 
 
 class TsgbWarning(UserWarning):

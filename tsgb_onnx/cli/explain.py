@@ -49,7 +49,9 @@ from tsgb_onnx.io.render import (
     heatmap,
     input_picture,
     png_bytes,
+    sign_balance,
     upscale,
+    with_legend,
 )
 
 FORMATS = ("npy", "png", "html")
@@ -227,7 +229,13 @@ def explain_rows(explainer, settings: Settings, prep: Preprocessing, target, top
                 progress.update(count_rows(batch.path, rank))
                 yield batch
                 continue
-            yield from _explain_batch(explainer, settings, prep, batch, target, top_k)
+            for row in _explain_batch(explainer, settings, prep, batch, target, top_k):
+                notes = sign_notes(row, settings) if _draws(settings) else []
+                if notes:
+                    progress.close()  # the notes go on their own lines
+                    for line in notes:
+                        print(f"tsgb: note: {line}", file=sys.stderr)
+                yield row
             progress.update(len(batch))
     finally:
         progress.close()
@@ -293,6 +301,16 @@ def describe(row: Row, labels, top_k: int) -> list[str]:
     return lines
 
 
+def sign_notes(row: Row, settings: Settings) -> list[str]:
+    """One line per map of `row` whose positive part is empty or small (`sign_balance`)."""
+    lines = []
+    for t, sal in zip(row.targets, row.maps):
+        note = sign_balance(sal, settings.colormap).note
+        if note is not None:
+            lines.append(f"{row.name}, target {t}: {note}")
+    return lines
+
+
 def drawable(shape: tuple[int, ...], layer: str | None) -> None:
     """Refuse a map that cannot be drawn as a heat map (no spatial axes, or more than 3)."""
     if 1 <= len(shape) <= 3:
@@ -313,11 +331,19 @@ def check_layer_drawable(graph, layer: str | None) -> None:
 
 
 def overlay(row: Row, sal: np.ndarray, settings: Settings) -> np.ndarray:
+    """The heat map of `sal` (over the row's picture when it has one), with a legend strip
+    under it (colour bar, range, and the sign-balance note) when the view is diverging or
+    the map's positive part is empty or small."""
     drawable(np.shape(sal), settings.layer)
     cmap = settings.cmap or default_cmap(settings.colormap == "diverging")
     if row.picture is not None:
-        return heatmap(sal, row.picture, colormap=settings.colormap, cmap=cmap)
-    return upscale(heatmap(sal, None, colormap=settings.colormap, cmap=cmap))
+        pic = heatmap(sal, row.picture, colormap=settings.colormap, cmap=cmap)
+    else:
+        pic = upscale(heatmap(sal, None, colormap=settings.colormap, cmap=cmap))
+    note = sign_balance(sal, settings.colormap).note
+    if note is not None or settings.colormap == "diverging":
+        pic = with_legend(pic, sal, settings.colormap, cmap, note)
+    return pic
 
 
 def row_picture(row: Row, layout: str) -> np.ndarray | None:
@@ -473,11 +499,20 @@ class OutDirWriter:
         entry = InputEntry(row.name, picture)
         for r, (t, sal) in enumerate(zip(row.targets, row.maps)):
             label = label_of(t, self.labels)
+            balance = sign_balance(sal, self.settings.colormap)
             src = None
             if pictures:
                 src = self._picture(overlay(row, sal, self.settings), f"{stem}.class{t}.png")
                 entry.maps.append(
-                    MapEntry(r + 1, t, label, float(row.logits[t]), float(probs[t]), src)
+                    MapEntry(
+                        r + 1,
+                        t,
+                        label,
+                        float(row.logits[t]),
+                        float(probs[t]),
+                        src,
+                        note=balance.note,
+                    )
                 )
             record["maps"].append(
                 {
@@ -487,6 +522,9 @@ class OutDirWriter:
                     "logit": float(row.logits[t]),
                     "prob": float(probs[t]),
                     "png": src if src and not src.startswith("data:") else None,
+                    "positive_mass": balance.positive_mass,
+                    "negative_mass": balance.negative_mass,
+                    "note": balance.note,
                 }
             )
         if "png" in self.settings.formats:

@@ -2,13 +2,20 @@
 
 Two scalings: `positive` (negative values truncated and the rest scaled by the maximum, as
 in the TSGB paper) and `diverging` (symmetric around zero: blue negative, white zero, red
-positive). Colours come from a matplotlib colormap when matplotlib is installed, else from
-a built-in jet-like table. 1-D maps become strips, 3-D maps a montage of their slices.
+positive; scaled by a robust maximum of |map|, the 99.5th percentile, so a few extreme
+pixels do not wash the rest out to white). Colours come from a matplotlib colormap when
+matplotlib is installed, else from a built-in table. 1-D maps become strips, 3-D maps a
+montage of their slices.
+
+`sign_balance` measures a map's positive and negative mass and says, in one line, when the
+positive part is empty or small (the `positive` display then shows little or nothing);
+`with_legend` draws a colour bar with its range, and that note, under a picture.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +34,22 @@ _ANCHORS = np.array(
     ],
     dtype=np.float32,
 )
-# blue → white → red
+# saturated blue → white → saturated red
 _DIVERGING = np.array(
     [
-        [0.02, 0.19, 0.38],
-        [0.26, 0.58, 0.76],
-        [0.97, 0.97, 0.97],
-        [0.84, 0.38, 0.30],
-        [0.40, 0.0, 0.12],
+        [0.0, 0.10, 0.75],
+        [0.35, 0.55, 1.0],
+        [1.0, 1.0, 1.0],
+        [1.0, 0.45, 0.35],
+        [0.80, 0.0, 0.0],
     ],
     dtype=np.float32,
 )
 COLORMAPS = ("positive", "diverging")
+# the diverging view's scale: this percentile of |map| (not its maximum) maps to the ends
+ROBUST_PERCENTILE = 99.5
+# a note when the positive mass is under this share of the total |mass|
+SMALL_POSITIVE = 0.1
 
 
 def normalize_positive(saliency: np.ndarray) -> np.ndarray:
@@ -48,11 +59,67 @@ def normalize_positive(saliency: np.ndarray) -> np.ndarray:
     return s / top if top > 0 else s
 
 
-def normalize_diverging(saliency: np.ndarray) -> np.ndarray:
-    """Map [-m, m] to [0, 1] with m = max |saliency| (zero lands on 0.5)."""
+def robust_max(saliency: np.ndarray, percentile: float = ROBUST_PERCENTILE) -> float:
+    """The `percentile`-th percentile of |saliency| (its maximum when that is 0; NaNs
+    ignored): the half-range of the diverging view."""
+    a = np.abs(np.asarray(saliency, dtype=np.float32))
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return 0.0
+    top = float(np.percentile(a, percentile))
+    return top if top > 0 else float(a.max())
+
+
+def normalize_diverging(saliency: np.ndarray, top: float | None = None) -> np.ndarray:
+    """Map [-m, m] to [0, 1] (zero lands on 0.5; values beyond ±m clip to the ends), with
+    m = `top`, by default the robust maximum of |saliency| (`robust_max`)."""
     s = np.asarray(saliency, dtype=np.float32)
-    top = float(np.abs(s).max()) if s.size else 0.0
-    return 0.5 + 0.5 * s / top if top > 0 else np.full(s.shape, 0.5, np.float32)
+    top = robust_max(s) if top is None else top
+    if not top > 0:
+        return np.full(s.shape, 0.5, np.float32)
+    return np.clip(0.5 + 0.5 * s / top, 0, 1)
+
+
+@dataclass(frozen=True)
+class SignBalance:
+    """A map's positive mass (sum of its positive part), negative mass (sum of |negative
+    part|) and, when the positive part is empty or small, a one-line note."""
+
+    positive_mass: float
+    negative_mass: float
+    note: str | None
+
+    @property
+    def ratio(self) -> float:
+        """negative / positive mass (inf when the positive part is empty)."""
+        if self.positive_mass > 0:
+            return self.negative_mass / self.positive_mass
+        return math.inf if self.negative_mass > 0 else 0.0
+
+
+def sign_balance(saliency: np.ndarray, colormap: str = "positive") -> SignBalance:
+    """Positive and negative mass of a map, and a note when the positive mass is under
+    `SMALL_POSITIVE` of the total |mass| (the `positive` display then shows little; the
+    note points to `--colormap diverging` unless that is the `colormap` in use)."""
+    s = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
+    pos = float(np.maximum(s, 0).sum())
+    neg = float(-np.minimum(s, 0).sum())
+    note = None
+    if neg > 0 and pos < SMALL_POSITIVE * (pos + neg):
+        hint = "" if colormap == "diverging" else "; see --colormap diverging"
+        if pos == 0:
+            note = (
+                f"the map has no positive part (negative mass {neg:.3g}): "
+                f"the positive display shows nothing{hint}"
+            )
+        else:
+            note = (
+                f"the map is mostly negative (negative/positive mass {neg / pos:.1f}): "
+                f"the positive display shows little{hint}"
+            )
+        if colormap == "diverging":
+            note = note.split(": the positive display")[0]
+    return SignBalance(pos, neg, note)
 
 
 def _table(anchors: np.ndarray, unit: np.ndarray) -> np.ndarray:
@@ -147,7 +214,9 @@ def heatmap(
     gaps = np.isnan(plane)
     finite = np.where(gaps, 0, plane)
     diverging = colormap == "diverging"
-    unit = normalize_diverging(finite) if diverging else normalize_positive(finite)
+    unit = (
+        normalize_diverging(finite, robust_max(plane)) if diverging else normalize_positive(finite)
+    )
     colours = colorize(unit, cmap, diverging)
     colours[gaps] = 255
     if image is None:
@@ -156,6 +225,83 @@ def heatmap(
         colours = np.asarray(Image.fromarray(colours).resize(image.shape[1::-1], Image.BILINEAR))
     mixed = blend * colours.astype(np.float32) + (1 - blend) * image.astype(np.float32)
     return mixed.round().clip(0, 255).astype(np.uint8)
+
+
+def display_range(saliency: np.ndarray, colormap: str = "positive") -> tuple[float, float]:
+    """The values `heatmap` puts at the two ends of its colour scale: [0, max] for
+    'positive', [-m, m] with m the robust maximum of |map| for 'diverging'."""
+    plane = np.asarray(saliency, dtype=np.float32)
+    if colormap == "diverging":
+        top = robust_max(plane)
+        return -top, top
+    finite = plane[np.isfinite(plane)]
+    return 0.0, max(float(finite.max()), 0.0) if finite.size else 0.0
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        trial = f"{line} {word}" if line else word
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+LEGEND_WIDTH = 224  # pictures narrower than this are enlarged (nearest) before the legend
+
+
+def with_legend(
+    picture: np.ndarray,
+    saliency: np.ndarray,
+    colormap: str = "positive",
+    cmap: str | None = None,
+    note: str | None = None,
+) -> np.ndarray:
+    """`picture` (uint8 RGB) with a legend strip under it: the colour bar, the map values at
+    its ends (and 0 in the middle of a diverging bar), and `note` (wrapped) when given.
+    A picture narrower than `LEGEND_WIDTH` is first enlarged by a whole factor."""
+    from PIL import Image, ImageDraw
+
+    factor = max(1, math.ceil(LEGEND_WIDTH / max(1, picture.shape[1])))
+    if factor > 1 and max(picture.shape[:2]) * factor <= 4096:
+        picture = np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+    width = picture.shape[1]
+    margin, bar_h = 6, 10
+    font = _font(11)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = probe.textbbox((0, 0), "0Ag", font=font)[3] + 3
+    notes = _wrap(probe, note, font, width - 2 * margin) if note else []
+    height = margin + bar_h + 2 + text_h + len(notes) * text_h + margin
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    diverging = colormap == "diverging"
+    bar = colorize(np.linspace(0, 1, width - 2 * margin, dtype=np.float32), cmap, diverging)
+    strip.paste(Image.fromarray(np.repeat(bar[None], bar_h, axis=0)), (margin, margin))
+    draw.rectangle((margin - 1, margin - 1, width - margin, margin + bar_h), outline=(80, 80, 80))
+    lo, hi = display_range(saliency, colormap)
+    y = margin + bar_h + 2
+    ink = (30, 30, 30)
+    draw.text((margin, y), f"{lo:.3g}", fill=ink, font=font)
+    right = f"{hi:.3g}"
+    draw.text((width - margin - draw.textlength(right, font=font), y), right, fill=ink, font=font)
+    if diverging:
+        draw.text((width / 2 - draw.textlength("0", font=font) / 2, y), "0", fill=ink, font=font)
+    for i, line in enumerate(notes):
+        draw.text((margin, y + (i + 1) * text_h), line, fill=(150, 0, 0), font=font)
+    return np.concatenate([picture, np.asarray(strip)], axis=0)
 
 
 def signal_plot(values: np.ndarray, height: int = 64) -> np.ndarray:

@@ -21,6 +21,7 @@ class MapEntry:
     logit: float
     prob: float
     picture: str  # an <img> src: a relative file path or a data: URI
+    note: str | None = None  # the sign-balance note (positive part empty or small)
 
 
 @dataclass
@@ -44,7 +45,7 @@ table { border-collapse: collapse; } td, th { padding: 6px 10px; vertical-align:
 figure { display: inline-block; margin: 0 8px 0 0; }
 figcaption { font-size: .85em; max-width: 224px; }
 img { width: 224px; image-rendering: pixelated; display: block; }
-.failed { color: #b00; }
+.failed { color: #b00; } .note { color: #b00; }
 """
 
 
@@ -64,9 +65,10 @@ def render_index(entries: list[InputEntry], title: str, meta: dict[str, str]) ->
             cells.append(f'<td colspan="{k}" class="failed">skipped: {e(entry.error)}</td>')
         for m in entry.maps:
             name = f"{m.target}" + (f" {e(m.label)}" if m.label else "")
+            note = f'<br><span class="note">note: {e(m.note)}</span>' if m.note else ""
             cells.append(
                 f'<td><figure><img src="{e(m.picture)}" alt="map of class {e(name)}">'
-                f"<figcaption>class {name}<br>p = {m.prob:.3f}, logit {m.logit:.3f}"
+                f"<figcaption>class {name}<br>p = {m.prob:.3f}, logit {m.logit:.3f}{note}"
                 f"</figcaption></figure></td>"
             )
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -166,3 +166,20 @@ def fd_vjp(
         return coarse, False
     fine = _central(f32, x32, eps32 / 2)
     return (4 * fine - coarse) / 3, False
+
+
+def quantize_static(source: str, out: str, x: np.ndarray, quant_format: str) -> None:
+    """ONNX Runtime's static quantization of model file `source` into `out`, calibrated on
+    the rows of `x` (fed one at a time as input "input"); `quant_format` "QDQ" or "QOperator"."""
+    from onnxruntime import quantization
+
+    class Rows(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    quantization.quantize_static(
+        source, out, Rows(), quant_format=getattr(quantization.QuantFormat, quant_format)
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_explain import NAMES, _seeded, small_cnn  # the same small nets
 
 from tsgb_onnx.errors import InputError
 from tsgb_onnx.io.atomic import atomic_open, write_bytes_atomic
@@ -31,35 +32,10 @@ Image = pytest.importorskip("PIL.Image")
 nn = torch.nn
 
 SIZE = 32
-NAMES = ["apple", "banana", "cherry", "date palm", "elderberry"]
 RESNET = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data" / "synthetic_resnet.onnx"
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _seeded(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / max(p[0].numel(), 1)) ** 0.5)
-    return model.eval()
-
-
-def _cnn() -> nn.Module:
-    return _seeded(
-        nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(8, len(NAMES)),
-        ),
-        0,
-    )
 
 
 def _fully_convolutional() -> nn.Module:
@@ -87,7 +63,7 @@ def models(root) -> dict[str, str]:
 
     x = torch.zeros(1, 3, SIZE, SIZE)
     paths = {"cnn": root / "cnn.onnx", "fcn": root / "fcn.onnx"}
-    from_torch(_cnn(), x, paths["cnn"], preprocess="torchvision", labels=NAMES)
+    from_torch(small_cnn(), x, paths["cnn"], preprocess="torchvision", labels=NAMES)
     from_torch(_fully_convolutional(), x, paths["fcn"], preprocess="torchvision", labels=NAMES)
     return {k: str(v) for k, v in paths.items()}
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 from onnx.numpy_helper import from_array
+from onnx_builders import quantize_static
 
 from tsgb_onnx import Explainer
 from tsgb_onnx.engine.program import QUANTIZED_CARRIERS
@@ -261,21 +262,12 @@ def test_operator_format_quantization_is_refused_naming_op_and_dtype(tmp_path):
     from tsgb_onnx import UnsupportedOpError
     from tsgb_onnx.evaluation.datasets import load_dataset
 
-    quantization = pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("onnxruntime.quantization")
     vgg = Path(__file__).resolve().parents[1] / "tsgb_onnx" / "data" / "synthetic_vgg.onnx"
     x = load_dataset("synthetic:2:3").x.astype(np.float32)
 
-    class Scenes(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter([{"input": x[i : i + 1]} for i in range(len(x))])
-
-        def get_next(self):
-            return next(self.rows, None)
-
     out = tmp_path / "qop.onnx"
-    quantization.quantize_static(
-        str(vgg), str(out), Scenes(), quant_format=quantization.QuantFormat.QOperator
-    )
+    quantize_static(str(vgg), str(out), x, "QOperator")
     with pytest.raises(UnsupportedOpError) as info:
         Explainer(str(out), method="gradient")
     message = str(info.value)

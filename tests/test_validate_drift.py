@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx_builders import quantize_static
 
 from tsgb_onnx.cli.main import main
 from tsgb_onnx.evaluation.datasets import load_dataset
@@ -47,23 +48,14 @@ def deployed(tmp_path_factory):
     """float16 and QDQ INT8 versions of the synthetic VGG; the INT8 one with the scale of
     one activation quantizer 8x too small (its values saturate)."""
     float16 = pytest.importorskip("onnxconverter_common.float16")
-    quantization = pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("onnxruntime.quantization")
     root = tmp_path_factory.mktemp("drift")
     half = root / "vgg_fp16.onnx"
     onnx.save(float16.convert_float_to_float16(onnx.load(str(VGG)), keep_io_types=False), str(half))
     x = load_dataset(SCENES).x.astype(np.float32)
 
-    class Scenes(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter([{"input": x[i : i + 1]} for i in range(len(x))])
-
-        def get_next(self):
-            return next(self.rows, None)
-
     good = root / "vgg_int8.onnx"
-    quantization.quantize_static(
-        str(VGG), str(good), Scenes(), quant_format=quantization.QuantFormat.QDQ
-    )
+    quantize_static(str(VGG), str(good), x, "QDQ")
     model = onnx.load(str(good))
     inits = {i.name: i for i in model.graph.initializer}
     quantizers = [

@@ -306,10 +306,7 @@ def _target_seed(ops: OnnxOps, builder: GraphBuilder, logits: Sym):
         (batch,),
         np.int64,
     )
-    column = ops.reshape(chosen, (batch, 1))
-    classes_row = ops.const(np.arange(classes, dtype=np.int64).reshape(1, classes))
-    hit = ops._emit("Equal", [column, classes_row], (batch, classes), np.bool_)
-    seed = ops.asarray(hit, np.float32)
+    seed = ops.one_hot(chosen, classes)  # an all-zero row for a target >= classes
     in_range = ops.less(chosen, ops.const(np.int64(classes)))
     valid = ops.logical_and(in_range, Sym(length_ok, (), np.bool_))
     return seed, valid

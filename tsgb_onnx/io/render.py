@@ -104,21 +104,15 @@ def sign_balance(saliency: np.ndarray, colormap: str = "positive") -> SignBalanc
     s = np.nan_to_num(np.asarray(saliency, dtype=np.float64))
     pos = float(np.maximum(s, 0).sum())
     neg = float(-np.minimum(s, 0).sum())
-    note = None
-    if neg > 0 and pos < SMALL_POSITIVE * (pos + neg):
-        hint = "" if colormap == "diverging" else "; see --colormap diverging"
-        if pos == 0:
-            note = (
-                f"the map has no positive part (negative mass {neg:.3g}): "
-                f"the positive display shows nothing{hint}"
-            )
-        else:
-            note = (
-                f"the map is mostly negative (negative/positive mass {neg / pos:.1f}): "
-                f"the positive display shows little{hint}"
-            )
-        if colormap == "diverging":
-            note = note.split(": the positive display")[0]
+    if not (neg > 0 and pos < SMALL_POSITIVE * (pos + neg)):
+        return SignBalance(pos, neg, None)
+    if pos == 0:
+        note, shows = f"the map has no positive part (negative mass {neg:.3g})", "nothing"
+    else:
+        ratio = neg / pos
+        note, shows = f"the map is mostly negative (negative/positive mass {ratio:.1f})", "little"
+    if colormap != "diverging":
+        note += f": the positive display shows {shows}; see --colormap diverging"
     return SignBalance(pos, neg, note)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tsgb_onnx.backends.compile import SALIENCY, SIGNAL, TARGET, compile_explainer
+from tsgb_onnx.backends.compile import ACTIVATION, SALIENCY, SIGNAL, TARGET, compile_explainer
 from tsgb_onnx.backends.device import DeviceChoice, resolve_device
 from tsgb_onnx.engine.executor import run_program_rows
 from tsgb_onnx.engine.ops import ArrayOps
@@ -24,14 +24,18 @@ from tsgb_onnx.errors import (
     TargetError,
     TsgbError,
 )
+from tsgb_onnx.io.frameworks import ExportedModel, export_framework_model, framework_of
 from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants
-from tsgb_onnx.methods.base import MapMethod, Method
+from tsgb_onnx.methods.base import MapMethod, Method, apply_aliases
 from tsgb_onnx.methods.result import Explanation, TargetLike, resolve_targets
 from tsgb_onnx.methods.table import get_method
 
 __all__ = ["Explainer", "Explanation", "resolve_targets", "BACKENDS", "EngineFallbackWarning"]
 
 BACKENDS = ("auto", "compiled", "numpy")
+NORMALIZATIONS = ("none", "minmax", "abs-max")
+# options naming tensors: framework layer names given there resolve like `layer=`
+_LAYER_OPTIONS = ("layer", "layers")
 
 
 class EngineFallbackWarning(UserWarning):
@@ -53,6 +57,7 @@ class _Shared:
     consts: dict = field(default_factory=dict)
     subs: dict = field(default_factory=dict)
     noted: set = field(default_factory=set)  # the fallback notes already given
+    exported: ExportedModel | None = None  # a framework model's export and layer names
 
 
 class Explainer:
@@ -61,6 +66,11 @@ class Explainer:
     >>> ex = Explainer("model.onnx", method="gradient")
     >>> result = ex.explain(x)          # x: float32 [B, C, H, W]
     >>> result.saliency.shape           # (B, H, W)
+
+    `model` may also be a PyTorch `nn.Module` (with `example=`, an input tensor) or a Keras
+    model: it is exported in memory, and `layer=` takes its module / layer names
+    ("layer4", "features.29", "block5_conv3") as well as ONNX tensor names. A torch tensor
+    input gives torch tensors back.
 
     `device`: "cpu" (default), "cuda" (ONNX Runtime's CUDA provider records the forward,
     the backward runs in CuPy with the fused kernels of `kernels/`; one clear
@@ -77,17 +87,29 @@ class Explainer:
         threads: int | None = None,
         backend: str = "auto",
         device: str = "cpu",
+        example: Any = None,
         **options: Any,
     ):
         self.method: Method | MapMethod = get_method(method)
-        self.options = self.method.resolve_options(options)
         if isinstance(model, _Shared):  # a sub-explainer: same graph, recorder and caches
             self._shared = model
             compiled = model.backend == "compiled" and self.method.reference is not None
             self.backend = "numpy" if compiled else model.backend  # the engine runs those
         else:
+            exported = None
+            if framework_of(model) is not None:
+                exported = export_framework_model(model, example)
+                model = exported.proto
+            elif example is not None:
+                raise InputError(
+                    "example= is the input a PyTorch module is exported on; this model is "
+                    "already ONNX: leave example out"
+                )
             self._shared = _shared(model, providers, output, threads, backend, device)
+            self._shared.exported = exported
             self.backend = self._shared.backend
+        self._given = apply_aliases(self.method.name, self.method.aliases, dict(options))
+        self.options = self.method.resolve_options(self._layer_options(self._given))
         self._init_method()
 
     # what every explainer on this model shares
@@ -109,6 +131,31 @@ class Explainer:
             self.program()  # plan now: an unsupported op fails before anything runs
         else:
             self.sub_explainer(self.method.backward)  # its rules must cover the graph
+
+    def tensor_of(self, layer: Any) -> Any:
+        """The ONNX tensor name(s) a layer name means: a tensor of the graph stays itself; a
+        module / layer name of a framework model given to the constructor maps to the tensor
+        it outputs; a list maps element-wise; anything else is returned as it is."""
+        if layer is None:
+            return None
+        if isinstance(layer, (list, tuple)):
+            return [self.tensor_of(name) for name in layer]
+        if not isinstance(layer, str):
+            return layer  # the method's option check or the planner says what is wrong
+        graph, exported = self.graph, self._shared.exported
+        if exported is None or layer == graph.input_name or layer in graph.producer:
+            return layer
+        return exported.tensor_for(layer)
+
+    def _layer_options(self, options: dict) -> dict:
+        return {k: self.tensor_of(v) if k in _LAYER_OPTIONS else v for k, v in options.items()}
+
+    def with_options(self, **options: Any) -> Explainer:
+        """This explainer with some options changed (built once per option set; the graph,
+        recorder and caches are shared). Other libraries' names are accepted where the
+        method lists them as aliases (e.g. Captum's ``n_steps``)."""
+        changed = apply_aliases(self.method.name, self.method.aliases, options)
+        return self.sub_explainer(self.method.name, **{**self._given, **changed})
 
     def sub_explainer(self, method: str, **options: Any) -> Explainer:
         """An explainer for another method on the same graph and forward recorder
@@ -156,13 +203,79 @@ class Explainer:
         return logits
 
     def explain(
-        self, x: np.ndarray, target: TargetLike = None, layer: str | None = None
+        self,
+        x: Any,
+        target: TargetLike = None,
+        layer: str | Sequence[str] | None = None,
+        *,
+        normalize: str = "none",
+        **options: Any,
     ) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`.
 
+        `x`: a NumPy array, or a torch tensor (the result's arrays are then CPU tensors).
+        `layer`: a tensor name or, for a framework model, a module / layer name (gradcam:
+        a list of them). `normalize`: "none" (the raw map), "minmax" per image to [0, 1]
+        (pytorch-grad-cam's scaling) or "abs-max" per image to [-1, 1]. Other keywords
+        change the method's options for this call (`with_options`).
+
         A NaN or Inf logit, map or signal is a `NonFiniteError` naming the first non-finite
         tensor of the forward pass (checked once per call, on the outputs)."""
-        x = self._check_input(x)
+        if normalize not in NORMALIZATIONS:
+            raise InputError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
+            )
+        if options:
+            explainer = self.with_options(**options)
+            return explainer.explain(x, target, layer, normalize=normalize)
+        torch_in = _is_torch(x)
+        x = self._check_input(_to_numpy(x) if torch_in else x)
+        result = self._explain(x, _to_numpy(target) if _is_torch(target) else target, layer)
+        if normalize != "none":
+            result.saliency = _normalized(result.saliency, normalize)
+        return _to_torch(result) if torch_in else result
+
+    def explain_layers(
+        self, x: Any, layers: Sequence[str], target: TargetLike = None
+    ) -> dict[str, Explanation]:
+        """One backward pass, an `Explanation` at each of `layers` (one-pass methods)."""
+        if not isinstance(self.method, Method):
+            raise MethodError(
+                f"explain_layers needs a one-pass method; '{self.method.name}' is a map "
+                "method: call explain(x, layer=...) per layer"
+            )
+        torch_in = _is_torch(x)
+        x = _to_numpy(x) if torch_in else x
+        tensors = [self.tensor_of(name) for name in layers]
+        logits, targets, taken = self.signals(x, target, tensors)
+        results = {}
+        for name, tensor in zip(layers, tensors):
+            activation, signal = taken[tensor]
+            product = signal * activation
+            axis = self.graph.channel_axis(tensor)
+            result = Explanation(
+                saliency=product.sum(axis=axis) if product.ndim > 1 else product,
+                signal=signal,
+                logits=logits,
+                target=targets,
+                layer=tensor,
+                method=self.method.name,
+                activation=activation,
+            )
+            results[name] = _to_torch(result) if torch_in else result
+        return results
+
+    def _explain(self, x: np.ndarray, target: TargetLike, layer) -> Explanation:
+        layer = self.tensor_of(layer)
+        if isinstance(layer, list) and not getattr(self.method, "several_layers", False):
+            hint = (
+                "explain_layers(x, layers) for several from one backward pass"
+                if isinstance(self.method, Method)
+                else "one call per layer"
+            )
+            raise MethodError(
+                f"method '{self.method.name}' explains one layer per call: use {hint}"
+            )
         if isinstance(self.method, MapMethod):
             result = self.method.compute(self, x, target, layer, self.options)
             result.method = self.method.name
@@ -197,7 +310,7 @@ class Explainer:
         """
         if isinstance(self.method, MapMethod):
             return self.sub_explainer(self.method.backward).signals(x, target, layers)
-        layers = tuple(dict.fromkeys(layers)) or (self.graph.input_name,)
+        layers = tuple(dict.fromkeys(self.tensor_of(list(layers)))) or (self.graph.input_name,)
         x = self._check_input(x)
         program, logits, values, shapes = self._record(x, layers[0], layers)
         self._check_finite(x, {"logits": logits})
@@ -265,7 +378,7 @@ class Explainer:
         """Warn with `message` once per model (sub-explainers share the record)."""
         if message not in self._shared.noted:
             self._shared.noted.add(message)
-            warnings.warn(message, EngineFallbackWarning, stacklevel=4)
+            warnings.warn(message, EngineFallbackWarning, stacklevel=5)
 
     def _explain_compiled(self, session, x, target, layer) -> Explanation:
         # the explainer's logits output has a static class count (read from ONNX Runtime)
@@ -276,9 +389,9 @@ class Explainer:
             fed = np.full(batch, -1, dtype=np.int64)
         else:
             fed = resolve_targets(target, np.zeros((batch, classes), np.float32))
-        saliency, signal, logits = self.recorder.run_session(
+        saliency, signal, logits, activation = self.recorder.run_session(
             session,
-            [SALIENCY, SIGNAL, self.graph.logits_name],
+            [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION],
             {self.graph.input_name: self.recorder.feed(x), TARGET: fed},
         )
         logits = to_float32(logits)
@@ -290,6 +403,7 @@ class Explainer:
             target=targets,
             layer=self.program(layer).layer,
             method=self.method.name,
+            activation=activation,
         )
 
     def vjp(self, x: np.ndarray, seed: np.ndarray, layer: str | None = None) -> np.ndarray:
@@ -339,6 +453,7 @@ class Explainer:
             target=targets,
             layer=program.layer,
             method=self.method.name,
+            activation=ops.to_numpy(activation),
         )
 
     # -- non-finite results ------------------------------------------------------------------
@@ -472,6 +587,40 @@ class Explainer:
                 "clean the input before explaining"
             )
         return x
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor's values as NumPy (any device, no autograd history)."""
+    return value.detach().cpu().numpy()
+
+
+def _to_torch(result: Explanation) -> Explanation:
+    """`result` with its arrays as CPU torch tensors (sharing memory)."""
+    import torch
+
+    for name in ("saliency", "signal", "logits", "target", "activation"):
+        value = getattr(result, name)
+        if isinstance(value, np.ndarray):
+            setattr(result, name, torch.from_numpy(np.ascontiguousarray(value)))
+    return result
+
+
+def _normalized(saliency: np.ndarray, how: str) -> np.ndarray:
+    """Per image: "minmax" to [0, 1], "abs-max" to [-1, 1] (an all-zero map stays 0)."""
+    flat = saliency.reshape(len(saliency), -1).astype(np.float64)
+    shape = (-1,) + (1,) * (saliency.ndim - 1)
+    if how == "minmax":
+        low = flat.min(axis=1)
+        span = flat.max(axis=1) - low
+        out = (saliency - low.reshape(shape)) / np.where(span > 0, span, 1.0).reshape(shape)
+    else:
+        peak = np.abs(flat).max(axis=1)
+        out = saliency / np.where(peak > 0, peak, 1.0).reshape(shape)
+    return out.astype(np.float32)
 
 
 def _option_key(value):

@@ -30,6 +30,7 @@ from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_const
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
+ACTIVATION = "activation"  # the layer's value, float32 (the Explainer's attribution)
 MIN_OPSET = 13  # the emitter writes opset-13 forms (ReduceSum/Split/Unsqueeze axes as inputs)
 
 
@@ -91,7 +92,7 @@ def compile_model(
     while True:
         if needed > graph.opset:
             graph = _upgraded(proto, needed, output, original_opset)
-        emitted = _emit(graph, method, options, layer, keep_signal, seed_input)
+        emitted = _emit(graph, method, options, layer, keep_signal, seed_input, expose_logits)
         if emitted.builder.required_opset <= graph.opset:
             break
         needed = emitted.builder.required_opset
@@ -216,7 +217,13 @@ def _taken_names(model: onnx.ModelProto) -> set[str]:
 
 
 def _emit(
-    graph: Graph, method: RuleSource, options: dict, layer, keep_signal, seed_input
+    graph: Graph,
+    method: RuleSource,
+    options: dict,
+    layer,
+    keep_signal,
+    seed_input,
+    keep_activation: bool = False,
 ) -> _Emitted:
     program = plan(graph, method, options, layer)
     shapes = runtime_shapes(
@@ -224,6 +231,7 @@ def _emit(
     )
     taken = _taken_names(graph.model)
     wanted = [SEED] if seed_input else [TARGET, SALIENCY] + ([SIGNAL] if keep_signal else [])
+    wanted += [ACTIVATION] if keep_activation else []
     clash = [n for n in wanted if n in taken]
     if clash:
         raise ModelError(
@@ -263,6 +271,8 @@ def _emit(
     outputs = [(saliency, SALIENCY)]
     if keep_signal:
         outputs.append((_materialize(ops, signal), SIGNAL))
+    if keep_activation:
+        outputs.append((_materialize(ops, activation), ACTIVATION))
     return _Emitted(builder, outputs, program, logits.shape)
 
 

@@ -15,8 +15,8 @@ from tsgb_onnx.methods.cam import chunk_rows
 from tsgb_onnx.methods.result import Explanation
 
 _OWN = {
-    "smoothgrad": ("base", "n", "sigma", "seed", "batch_size"),
-    "integrated_gradients": ("base", "steps", "baseline", "batch_size"),
+    "smoothgrad": ("base", "n", "sigma", "sigma_mode", "seed", "batch_size"),
+    "integrated_gradients": ("base", "steps", "baseline", "quadrature", "batch_size"),
 }
 
 
@@ -39,14 +39,23 @@ def _explain_rows(base, copies, targets, layer, chunk):
     return np.concatenate(maps), signal, part.layer
 
 
-def smoothgrad_noise(x: np.ndarray, n: int, sigma: float, seed: int) -> np.ndarray:
+SIGMA_MODES = ("range", "absolute")
+QUADRATURES = ("midpoint", "gausslegendre")
+
+
+def smoothgrad_noise(
+    x: np.ndarray, n: int, sigma: float, seed: int, sigma_mode: str = "range"
+) -> np.ndarray:
     """The `n` noisy copies of every row of `x` ([B*n, ...], row b's copies contiguous):
-    Gaussian noise with std `sigma` times the row's value range. The `n` noise draws
+    Gaussian noise with std `sigma` times the row's value range (`sigma_mode` "range", the
+    SmoothGrad paper's) or `sigma` itself ("absolute", Captum's `stdevs`). The `n` noise draws
     (``default_rng(seed).standard_normal([n, ...])``) are the same for every row, so a row's
     copies, and its map, do not depend on the rest of the batch."""
     rng = np.random.default_rng(seed)
     flat = x.reshape(x.shape[0], -1)
     spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
+    if sigma_mode == "absolute":
+        spread = np.ones_like(spread)
     copies = np.repeat(x, n, axis=0)
     noise = rng.standard_normal((n,) + x.shape[1:]).astype(np.float32)
     noise = np.tile(noise, (x.shape[0],) + (1,) * (x.ndim - 1))
@@ -62,6 +71,7 @@ def smoothgrad(
     base="gradient",
     n=25,
     sigma=0.15,
+    sigma_mode="range",
     seed=0,
     batch_size=64,
     **base_options,
@@ -73,6 +83,7 @@ def smoothgrad(
         "base": base,
         "n": n,
         "sigma": sigma,
+        "sigma_mode": sigma_mode,
         "seed": seed,
         "batch_size": batch_size,
         **base_options,
@@ -80,7 +91,7 @@ def smoothgrad(
     sub = _base_explainer(explainer, options, "smoothgrad")
     logits = explainer.infer(x)
     targets = explainer.targets(target, logits)
-    copies = smoothgrad_noise(x, n, sigma, seed)
+    copies = smoothgrad_noise(x, n, sigma, seed, sigma_mode)
     maps, signals, layer_name = _explain_rows(
         sub, copies, np.repeat(targets, n), layer, chunk_rows(explainer, batch_size)
     )
@@ -107,11 +118,13 @@ def integrated_gradients(
     base="gradient",
     steps=32,
     baseline=0.0,
+    quadrature="midpoint",
     batch_size=64,
     **base_options,
 ):
-    """Integrated Gradients with the base method's input signal: midpoint rule over `steps`
-    points on the straight path from `baseline` to `x`; map sum_c (x - x0) * mean signal."""
+    """Integrated Gradients with the base method's input signal over `steps` points on the
+    straight path from `baseline` to `x` (`quadrature` "midpoint", or "gausslegendre" as
+    Captum's default); map sum_c (x - x0) * weighted mean signal."""
     graph = explainer.graph
     if layer not in (None, graph.input_name):
         raise MethodError("integrated_gradients integrates at the model input: do not give a layer")
@@ -119,6 +132,7 @@ def integrated_gradients(
         "base": base,
         "steps": steps,
         "baseline": baseline,
+        "quadrature": quadrature,
         "batch_size": batch_size,
         **base_options,
     }
@@ -131,9 +145,8 @@ def integrated_gradients(
     x0 = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
     logits = explainer.infer(x)
     targets = explainer.targets(target, logits)
-    alphas = ((np.arange(steps, dtype=np.float32) + 0.5) / steps).reshape(
-        (1, steps) + (1,) * (x.ndim - 1)
-    )
+    points, weights = path_points(steps, quadrature)
+    alphas = points.reshape((1, steps) + (1,) * (x.ndim - 1))
     path = (x0[:, None] + alphas * (x - x0)[:, None]).reshape((-1,) + x.shape[1:])
     _, signals, _ = _explain_rows(
         sub,
@@ -142,7 +155,8 @@ def integrated_gradients(
         None,
         chunk_rows(explainer, batch_size),
     )
-    mean_signal = signals.reshape((len(x), steps) + x.shape[1:]).mean(axis=1)
+    per_step = signals.reshape((len(x), steps) + x.shape[1:])
+    mean_signal = np.tensordot(per_step, weights, axes=([1], [0])).astype(np.float32)  # [B, ...]
     product = (x - x0) * mean_signal
     axis = graph.channel_axis(graph.input_name)
     saliency = product.sum(axis=axis) if product.ndim > 1 else product
@@ -153,7 +167,17 @@ def integrated_gradients(
         target=targets,
         layer=graph.input_name,
         method="integrated_gradients",
+        activation=(x - x0).astype(np.float32),  # attribution: Captum's (x - x0) * mean grad
     )
+
+
+def path_points(steps: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
+    """Points in (0, 1) on the path and their weights (summing to 1)."""
+    if quadrature == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return ((nodes + 1) / 2).astype(np.float32), (weights / 2).astype(np.float32)
+    points = (np.arange(steps, dtype=np.float32) + 0.5) / steps
+    return points, np.full(steps, 1.0 / steps, dtype=np.float32)
 
 
 def _positive_int(name, key):
@@ -175,6 +199,11 @@ def check_smoothgrad(options: dict) -> None:
         or sigma < 0
     ):
         raise MethodError(f"smoothgrad: sigma must be a finite number >= 0, got {sigma!r}")
+    if options["sigma_mode"] not in SIGMA_MODES:
+        raise MethodError(
+            f"smoothgrad: sigma_mode must be one of {', '.join(SIGMA_MODES)}, "
+            f"got {options['sigma_mode']!r}"
+        )
     if not isinstance(options["seed"], (int, np.integer)):
         raise MethodError(f"smoothgrad: seed must be an integer, got {options['seed']!r}")
 
@@ -182,6 +211,11 @@ def check_smoothgrad(options: dict) -> None:
 def check_integrated_gradients(options: dict) -> None:
     _positive_int("integrated_gradients", "steps")(options["steps"])
     _positive_int("integrated_gradients", "batch_size")(options["batch_size"])
+    if options["quadrature"] not in QUADRATURES:
+        raise MethodError(
+            f"integrated_gradients: quadrature must be one of {', '.join(QUADRATURES)}, "
+            f"got {options['quadrature']!r}"
+        )
     try:
         value = np.asarray(options["baseline"], dtype=np.float32)
     except (TypeError, ValueError):

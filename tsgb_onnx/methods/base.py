@@ -25,6 +25,30 @@ NodeChooser = Callable[["Method", Node, Graph, dict], "Rule | None"]
 ReferenceInput = Callable[[Any, dict], Any]
 
 
+# alias -> the method's own option name, or a function of the value giving own options
+AliasFn = Callable[[Any], dict]
+Aliases = dict[str, "str | AliasFn"]
+
+
+def apply_aliases(name: str, aliases: Aliases, options: dict) -> dict:
+    """`options` with other libraries' names (e.g. Captum's ``n_steps``) replaced by the
+    method's own; an alias and its own name given together is a MethodError."""
+    if not aliases or not set(options) & set(aliases):
+        return options
+    own = {k: v for k, v in options.items() if k not in aliases}
+    for alias in [k for k in options if k in aliases]:
+        target = aliases[alias]
+        given = {target: options[alias]} if isinstance(target, str) else target(options[alias])
+        clash = sorted(set(given) & set(own))
+        if clash:
+            raise MethodError(
+                f"method '{name}': give either {alias!r} or {clash[0]!r}, not both "
+                f"({alias!r} is another library's name for it)"
+            )
+        own.update(given)
+    return own
+
+
 def _resolve(name: str, defaults: dict, check, options: dict) -> dict:
     unknown = sorted(set(options) - set(defaults))
     if unknown:
@@ -53,6 +77,7 @@ class Method:
     prepare: Callable[[Graph, dict], None] | None = None  # once per plan (e.g. warnings)
     # set for methods whose rules read a reference forward pass ("rx0"/"ry0" tokens)
     reference: ReferenceInput | None = None
+    aliases: Aliases = field(default_factory=dict)  # other libraries' option names
     single_pass = True  # one backward pass: a reverse program (convert, inspect --program)
 
     def rule_for(self, node: Node, graph: Graph, options: dict) -> Rule | None:
@@ -71,6 +96,7 @@ class Method:
         return self.reference is not None
 
     def resolve_options(self, options: dict) -> dict:
+        options = apply_aliases(self.name, self.aliases, options)
         return _resolve(self.name, self.defaults, self.check_options, options)
 
 
@@ -123,8 +149,10 @@ class MapMethod:
     check_options: Callable[[dict], None] | None = None
     backward: str = "gradient"
     pass_options: bool = False
+    several_layers: bool = False  # `layer` may be a list (combined into one map)
     # the registry's lookup, set when registered (a map method names other methods)
     lookup: Callable[[str], Method | MapMethod] | None = field(default=None, repr=False)
+    aliases: Aliases = field(default_factory=dict)  # other libraries' option names
     reference = None
     single_pass = False
 
@@ -139,6 +167,7 @@ class MapMethod:
         return self._named(self.backward).rules
 
     def resolve_options(self, options: dict) -> dict:
+        options = apply_aliases(self.name, self.aliases, options)
         if not self.pass_options:
             return _resolve(self.name, self.defaults, self.check_options, options)
         own = {k: v for k, v in options.items() if k in self.defaults}

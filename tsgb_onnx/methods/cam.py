@@ -111,11 +111,43 @@ def normalise_rows(a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 # -- Grad-CAM --------------------------------------------------------------------------------
-def gradcam(explainer, x, target, layer, options):
-    graph = explainer.graph
-    layer = layer or options["layer"] or default_cam_layer(graph)
-    logits, targets, taken = explainer.signals(x, target, [layer])
-    activation, signal = taken[layer]
+UPSAMPLING = ("bilinear", "nearest", "none")
+
+
+def resize_nearest(a: np.ndarray, size) -> np.ndarray:
+    """Nearest-neighbour resize of the trailing axes (torch's ``mode='nearest'``)."""
+    out = np.asarray(a, dtype=np.float32)
+    nd = len(size)
+    for k, target in enumerate(size):
+        axis = out.ndim - nd + k
+        index = np.floor(np.arange(int(target)) * (out.shape[axis] / int(target))).astype(int)
+        out = np.take(out, np.minimum(index, out.shape[axis] - 1), axis=axis)
+    return np.ascontiguousarray(out)
+
+
+def upsample(a: np.ndarray, size, mode: str) -> np.ndarray:
+    """`a` [B, *spatial] at `size` by `mode` (one of UPSAMPLING; "none" keeps it)."""
+    if mode == "none":
+        return np.ascontiguousarray(a, dtype=np.float32)
+    return resize_nearest(a, size) if mode == "nearest" else resize_linear(a, size)
+
+
+def minmax_rows(a: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Per row: shift to min 0 and scale to max 1 (a constant row becomes 0)."""
+    flat = a.reshape(a.shape[0], -1)
+    low = flat.min(axis=1).reshape((-1,) + (1,) * (a.ndim - 1))
+    span = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (a.ndim - 1))
+    return ((a - low) / np.maximum(span, eps)).astype(np.float32)
+
+
+def cam_layers(graph: Graph, layer) -> list[str]:
+    """The Grad-CAM layers: one tensor name, several, or None (the default layer)."""
+    if layer is None:
+        return [default_cam_layer(graph)]
+    return [layer] if isinstance(layer, str) else list(layer)
+
+
+def _cam(graph: Graph, layer: str, activation: np.ndarray, signal: np.ndarray) -> np.ndarray:
     a = channels_first(graph, layer, activation)
     g = channels_first(graph, layer, signal)
     if a.ndim < 3:
@@ -123,24 +155,51 @@ def gradcam(explainer, x, target, layer, options):
             f"gradcam: layer '{layer}' has shape {a.shape}, not "
             "[batch, channels, *spatial]: choose a convolutional feature map"
         )
-    axes = tuple(range(2, a.ndim))
-    weights = g.mean(axis=axes, keepdims=True)
-    cam = np.maximum((weights * a).sum(axis=1), 0.0)
-    saliency = resize_linear(cam, input_spatial(graph, x))
+    weights = g.mean(axis=tuple(range(2, a.ndim)), keepdims=True)
+    return np.maximum((weights * a).sum(axis=1), 0.0)
+
+
+def gradcam(explainer, x, target, layer, options):
+    """Grad-CAM at one layer (raw map), or at several: each layer's map min-max scaled,
+    upsampled and averaged, then scaled again (pytorch-grad-cam's several target layers)."""
+    graph = explainer.graph
+    layers = cam_layers(graph, layer or options["layer"])
+    logits, targets, taken = explainer.signals(x, target, layers)
+    size = input_spatial(graph, x)
+    mode = options["upsample"]
+    cams = [_cam(graph, t, *taken[t]) for t in layers]
+    if len(cams) == 1:
+        saliency = upsample(cams[0], size, mode)
+    else:
+        if mode == "none":
+            raise MethodError(
+                "gradcam: several layers are combined at the input size: "
+                "use upsample='bilinear' or 'nearest'"
+            )
+        scaled = [upsample(minmax_rows(c), size, mode) for c in cams]
+        saliency = minmax_rows(np.mean(scaled, axis=0))
     return Explanation(
         saliency=saliency,
-        signal=signal,
+        signal=taken[layers[0]][1],
         logits=logits,
         target=targets,
-        layer=layer,
+        layer=layers[0],
         method="gradcam",
     )
 
 
 def check_layer(options: dict) -> None:
     layer = options.get("layer")
-    if layer is not None and not isinstance(layer, str):
-        raise MethodError(f"layer must be a tensor name, got {layer!r}")
+    names = [layer] if isinstance(layer, str) else layer
+    if layer is not None and (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise MethodError(f"layer must be a tensor name or a list of them, got {layer!r}")
+    mode = options.get("upsample", "bilinear")
+    if mode not in UPSAMPLING:
+        raise MethodError(f"upsample must be one of {', '.join(UPSAMPLING)}, got {mode!r}")
 
 
 # -- FullGrad -------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ TargetLike = int | Sequence[int] | np.ndarray | None
 
 @dataclass
 class Explanation:
-    """Result of one explanation call (all arrays are NumPy)."""
+    """Result of one explanation call: NumPy arrays, or CPU torch tensors when the input
+    was a torch tensor."""
 
     saliency: np.ndarray  # [B, *spatial] = sum over channels of signal * activation at `layer`
     #                       (channels-last inputs, e.g. NHWC Keras exports, are detected);
@@ -25,6 +26,17 @@ class Explanation:
     target: np.ndarray  # [B] int64
     layer: str
     method: str
+    # the value at `layer` (a reference method: its difference from the reference pass);
+    # None for map methods
+    activation: np.ndarray | None = None
+
+    @property
+    def attribution(self) -> np.ndarray | None:
+        """Per-channel attribution signal * activation at `layer` (Captum's attribution of
+        input x gradient, DeepLIFT, LRP, ...); `saliency` is its sum over channels."""
+        if self.signal is None or self.activation is None:
+            return None
+        return self.signal * self.activation
 
 
 def resolve_targets(target: TargetLike, logits: np.ndarray) -> np.ndarray:

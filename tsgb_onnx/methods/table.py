@@ -78,6 +78,7 @@ register_method(
         "deeplift",
         deeplift.DEEPLIFT,
         defaults={"baseline": 0.0},
+        aliases={"baselines": "baseline"},
         description="DeepLIFT (rescale rule) against a baseline input (default 0)",
         check_options=deeplift.check_options,
         reference=deeplift.baseline_input,
@@ -102,10 +103,12 @@ register_method(
     MapMethod(
         "gradcam",
         cam.gradcam,
-        defaults={"layer": None},
-        description="Grad-CAM: ReLU(sum_k mean(G_k) A_k) at a feature map, bilinearly upsampled "
-        "(layer default: the last spatial tensor before global pooling)",
+        defaults={"layer": None, "upsample": "bilinear"},
+        description="Grad-CAM: ReLU(sum_k mean(G_k) A_k) at a feature map, upsampled (bilinear, "
+        "nearest or none); layer default: the last spatial tensor before global pooling; "
+        "several layers: their min-max scaled maps averaged",
         check_options=cam.check_layer,
+        several_layers=True,
     )
 )
 register_method(
@@ -168,9 +171,23 @@ register_method(
     MapMethod(
         "smoothgrad",
         averaging.smoothgrad_map,
-        defaults={"base": "gradient", "n": 25, "sigma": 0.15, "seed": 0, "batch_size": 64},
+        defaults={
+            "base": "gradient",
+            "n": 25,
+            "sigma": 0.15,
+            "sigma_mode": "range",
+            "seed": 0,
+            "batch_size": 64,
+        },
+        # Captum's NoiseTunnel names; its stdevs is an absolute noise std
+        aliases={
+            "nt_samples": "n",
+            "stdevs": lambda v: {"sigma": v, "sigma_mode": "absolute"},
+            "nt_samples_batch_size": "batch_size",
+        },
         description="SmoothGrad: the base method's map averaged over n noisy copies "
-        "(sigma: noise std as a fraction of each image's value range)",
+        "(sigma: noise std as a fraction of each image's value range, or absolute with "
+        "sigma_mode='absolute')",
         check_options=averaging.check_smoothgrad,
         pass_options=True,
     )
@@ -179,9 +196,21 @@ register_method(
     MapMethod(
         "integrated_gradients",
         averaging.integrated_gradients_map,
-        defaults={"base": "gradient", "steps": 32, "baseline": 0.0, "batch_size": 64},
+        defaults={
+            "base": "gradient",
+            "steps": 32,
+            "baseline": 0.0,
+            "quadrature": "midpoint",
+            "batch_size": 64,
+        },
+        # Captum's IntegratedGradients names
+        aliases={
+            "n_steps": "steps",
+            "baselines": "baseline",
+            "internal_batch_size": "batch_size",
+        },
         description="Integrated Gradients: sum_c (x - x0) * the base method's signal averaged "
-        "over `steps` points from the baseline to x",
+        "over `steps` points from the baseline to x (quadrature midpoint or gausslegendre)",
         check_options=averaging.check_integrated_gradients,
         pass_options=True,
     )

@@ -31,28 +31,9 @@ from fuzz_nets import (  # noqa: E402
 SAMPLE_SEED = 20
 SAMPLE_SIZE = 50
 
-# Open engine bugs fuzzing found (see the regression tests below): graphs of the sample
-# that hit one are strict xfails, so the fix shows up as an XPASS (then remove the entry).
-_CEIL_SHAPES = (
-    "compiled backend: ONNX (and ONNX Runtime's) shape inference for a ceil_mode pool whose "
-    "last window PyTorch drops disagrees with the recorded shape (see test_ceil_mode_pool_*)"
-)
-_CEIL_CANONICAL = (
-    "both backends: canonicalize's shape inference (data_prop) writes ONNX's 10x6-style shape of "
-    "a ceil_mode pool whose last window PyTorch drops into value_info; ORT refuses the canonical "
-    "graph although it runs the export (see test_ceil_mode_pool_behind_a_shape_chain)"
-)
-_DILATED_CEIL = (
-    "compiled backend: MaxPool indices re-run with an end pad >= kernel for a dilated "
-    "ceil_mode MaxPool; ORT refuses the model (see test_dilated_ceil_mode_maxpool)"
-)
+# Open engine bugs fuzzing found: graphs of the sample that hit one are strict xfails (each
+# with a regression test below), so the fix shows up as an XPASS (then remove the entry).
 KNOWN_BUGS: dict[int, str] = {}
-
-
-def _xfail(reason):
-    from tsgb_onnx.errors import TsgbError
-
-    return pytest.mark.xfail(strict=True, raises=TsgbError, reason=reason)
 
 
 def _sample_params():
@@ -166,24 +147,22 @@ def _ceil_params():
         for exporter in EXPORTERS:
             for method in ("gradient", "tsgb"):
                 for backend in ("numpy", "compiled"):
-                    fails = backend == "compiled" and (exporter == "dynamo" or kind == "avg")
-                    marks = _xfail(_CEIL_SHAPES) if fails else ()
                     yield pytest.param(
                         kind,
                         exporter,
                         method,
                         backend,
                         id="-".join((kind, exporter, method, backend)),
-                        marks=marks,
                     )
 
 
 @pytest.mark.parametrize("kind,exporter,method,backend", list(_ceil_params()))
 def test_ceil_mode_pool_that_drops_its_last_window(kind, exporter, method, backend):
-    """Found by fuzzing (e.g. seeds 1048590, 7340036, 7340088): the compiled explainer is
+    """Found by fuzzing (e.g. seeds 1048590, 7340036, 7340088): the compiled explainer was
     refused by the ONNX checker (dynamo exports declare the true 9x5 in value_info; ONNX's
-    inference says 10x6) or by ONNX Runtime (TSGB's AveragePool rule multiplies the pool's
-    output, inferred 10x6, with tensors of the recorded 9x5)."""
+    inference says 10x6) or by ONNX Runtime (TSGB's AveragePool rule multiplied the pool's
+    output, inferred 10x6, with tensors of the recorded 9x5). Canonicalization now writes
+    ceil_mode pools as ceil_mode=0 pools with ONNX Runtime's output size."""
     model, x = _ceil_net(kind)
     with torch.no_grad():
         assert model[1](torch.zeros(1, 3, 17, 9)).shape[2:] == (9, 5)
@@ -193,13 +172,15 @@ def test_ceil_mode_pool_that_drops_its_last_window(kind, exporter, method, backe
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
-@_xfail(_DILATED_CEIL)
+@pytest.mark.parametrize("method", ["gradient", "tsgb"])
 @pytest.mark.parametrize("exporter", EXPORTERS)
-def test_dilated_ceil_mode_maxpool(exporter):
+def test_dilated_ceil_mode_maxpool(exporter, method):
     """Found by fuzzing (seed 7340077): MaxPool k2 s2 p1 dilation 2 ceil_mode over 8x8. The
-    ONNX emitter re-runs the pool for its indices with explicit end pads that give the
+    ONNX emitter re-ran the pool for its indices with explicit end pads that give the
     recorded output size: here 2, but ONNX Runtime wants every pad < kernel (2), so it
-    refuses to load the compiled explainer (the NumPy engine is right)."""
+    refused to load the compiled explainer (the NumPy engine was right). Canonicalization
+    now pads that end with an explicit Pad of the lowest float; the emitter does the same
+    for windows it is given that need it."""
     g = torch.Generator().manual_seed(1)
     model = nn.Sequential(
         nn.Conv2d(1, 2, 1), nn.MaxPool2d(2, 2, 1, dilation=2, ceil_mode=True), nn.Flatten()
@@ -210,12 +191,10 @@ def test_dilated_ceil_mode_maxpool(exporter):
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     model.eval()
     x = torch.randn(2, 1, 8, 8, generator=g).numpy()
-    want = _oracle(model, x, [0, 2], "gradient")
-    assert np.abs(_explain(model, x, [0, 2], "gradient", exporter, "numpy") - want).max() <= (
-        1e-4 * np.abs(want).max()
-    )
-    got = _explain(model, x, [0, 2], "gradient", exporter, "compiled")
-    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    want = _oracle(model, x, [0, 2], method)
+    for backend in ("numpy", "compiled"):
+        got = _explain(model, x, [0, 2], method, exporter, backend)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), backend
 
 
 class _ShuffleCeilNet(nn.Module):
@@ -240,12 +219,11 @@ class _ShuffleCeilNet(nn.Module):
         return self.fc(torch.flatten(self.pool(y), 1))
 
 
-@_xfail(_CEIL_CANONICAL)
 @pytest.mark.parametrize("backend", ["numpy", "compiled"])
 def test_ceil_mode_pool_behind_a_shape_chain(backend):
     """Found by fuzzing (seed 1049457, TorchScript export): ONNX Runtime runs the exported
     model, but the Explainer's canonical graph (shapes inferred with data_prop=True through
-    the Shape chain) declares Flatten's output 28 wide against the Gemm's 24 columns."""
+    the Shape chain) declared Flatten's output 28 wide against the Gemm's 24 columns."""
     import onnxruntime as ort
 
     from tsgb_onnx.io.export import from_torch

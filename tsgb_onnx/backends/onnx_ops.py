@@ -678,10 +678,14 @@ class OnnxOps:
         """MaxPool's indices, then a scatter-add of the signal (needs opset 16).
 
         The pool is re-run with explicit end pads that give exactly the recorded output size
-        (ceil_mode and auto_pad resolved), cropping input that no window reads.
+        (ceil_mode and auto_pad resolved), cropping input that no window reads. ONNX Runtime
+        wants every pad < kernel: an axis that needs more (a dilated pool) is padded by a Pad
+        with the lowest finite value instead, which ONNX Runtime's windows start their
+        maximum from, so the arg-maxes are the same; the signal is cropped back.
         """
         self.b.required_opset = max(self.b.required_opset, 16)
         nd = win.nd
+        axes = range(2, 2 + nd)
         spatial = [int(s) for s in x.shape[2:]]
         out = [int(o) for o in gy.shape[2:]]
         ends = [
@@ -690,15 +694,27 @@ class OnnxOps:
         ]
         read = [spatial[i] + min(ends[i], 0) for i in range(nd)]
         if read != spatial:
-            x = self._place(x, range(2, 2 + nd), [0] * nd, read)
+            x = self._place(x, axes, [0] * nd, read)
+        begins, ends = list(win.pads[:nd]), [max(e, 0) for e in ends]
+        wide = [i for i in range(nd) if max(begins[i], ends[i]) >= win.kernel[i]]
+        explicit = [0] * (2 * nd)
+        for i in wide:
+            explicit[i], explicit[i + nd] = begins[i], ends[i]
+            begins[i] = ends[i] = 0
+        pooled = x
+        if wide:
+            shape = x.shape[:2] + tuple(read[i] + explicit[i] + explicit[i + nd] for i in range(nd))
+            lowest = self.const(np.array(np.finfo(x.dtype).min, dtype=x.dtype))
+            pads = self._ints([0, 0] + explicit[:nd] + [0, 0] + explicit[nd:])
+            pooled = self._emit("Pad", [x, pads, lowest], shape, x.dtype)
         (_, indices) = self.b.node(
             "MaxPool",
-            [self._in(x)],
+            [self._in(pooled)],
             2,
-            pads=list(win.pads[:nd]) + [max(e, 0) for e in ends],
+            pads=begins + ends,
             **self._window_attrs(win),
         )
-        flat = math.prod(x.shape)
+        flat = math.prod(pooled.shape)
         flat_index = self._emit("Reshape", [indices, self._ints([-1])], (flat,), np.int64)
         flat_signal = self.reshape(gy, (math.prod(gy.shape),))
         scattered = self._emit(
@@ -708,9 +724,11 @@ class OnnxOps:
             axis=0,
             reduction="add",
         )
-        gx = self.reshape(scattered, x.shape)
+        gx = self.reshape(scattered, pooled.shape)
+        if wide:
+            gx = self._place(gx, axes, explicit[:nd], read)
         if read != spatial:
-            gx = self._place(gx, range(2, 2 + nd), [0] * nd, spatial)
+            gx = self._place(gx, axes, [0] * nd, spatial)
         return gx
 
     def avgpool_divisor(

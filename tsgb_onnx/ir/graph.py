@@ -1,8 +1,9 @@
 """Graph front end: load, check and canonicalise an ONNX model into a `Graph` view.
 
 Canonical means: the file passed `onnx.checker`, shapes are inferred, constant
-sub-graphs are folded into initializers (onnx-graphsurgeon), every node has a unique
-name, and the model input and the logits tensor (before any final Softmax) are known.
+sub-graphs are folded into initializers (onnx-graphsurgeon), ceil_mode pools are written as
+ceil_mode=0 pools with ONNX Runtime's output sizes, every node has a unique name, and the
+model input and the logits tensor (before any final Softmax) are known.
 """
 
 from __future__ import annotations
@@ -408,18 +409,220 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def canonicalize(proto: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
-    """Infer shapes, fold constant sub-graphs and zero Pads into the Convs they feed
-    (returns a new model)."""
+    """Infer shapes, fold constant sub-graphs and zero Pads into the Convs they feed, and
+    write ceil_mode pools as ceil_mode=0 pools (`resolve_ceil_pools`) (returns a new model)."""
     model = proto
     if fold:
         model = fold_pads_into_convs(fold_constants(proto))
+    return resolve_ceil_pools(_infer_shapes(model))
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         if is_out_of_memory(exc):
             raise out_of_memory(exc, "inferring the model's shapes") from exc
         raise ModelError(f"shape inference failed on the model: {exc}") from exc
+
+
+# -- ceil_mode pools --------------------------------------------------------------------------
+_CEIL_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+# MaxPool's explicit end padding: the lowest finite value, which ONNX Runtime's MaxPool
+# starts each window's maximum from (so even a window of padding alone gives the same)
+_LOWEST = {
+    onnx.TensorProto.FLOAT: float(np.finfo(np.float32).min),
+    onnx.TensorProto.DOUBLE: float(np.finfo(np.float64).min),
+    onnx.TensorProto.FLOAT16: float(np.finfo(np.float16).min),
+}
+
+
+def pool_output_size(
+    size: int, kernel: int, stride: int, dilation: int, begin: int, end: int, ceil: bool
+) -> int:
+    """A pool's output length on one axis as ONNX Runtime (and PyTorch) compute it: in
+    ceil_mode a last window that would start in the end padding is dropped (ONNX's shape
+    inference, following the spec's formula, keeps it)."""
+    span = size + begin + end - (kernel - 1) * dilation - 1
+    if not ceil:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + begin:
+        out -= 1
+    return out
+
+
+def resolve_ceil_pools(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Write every MaxPool / AveragePool / LpPool with ceil_mode=1 and a static spatial input
+    shape as a ceil_mode=0 pool with the end pads that give ONNX Runtime's output size, so
+    that the shapes ONNX infers (for this graph and for the explainer graphs built on it)
+    are the ones ONNX Runtime computes, and so that the pools' backward rules see plain
+    windows. The outputs stay exactly ONNX Runtime's:
+
+    * a window's part in the added end padding is ignored by MaxPool and LpPool (zeros
+      add nothing to a p-norm), and by AveragePool without count_include_pad;
+    * an AveragePool with count_include_pad that needs more end padding gets its own pads
+      as an explicit zero Pad and stops counting the pool's (added) pads, so each window's
+      divisor still counts its original padding and not the overhang;
+    * ONNX Runtime refuses pads >= kernel (a dilated pool can need them): MaxPool and
+      LpPool pad those axes' ends with an explicit Pad (MaxPool with the lowest finite
+      value); an AveragePool that would need one is left as it is.
+
+    The shapes are inferred again after a rewrite; a pool whose input shape was inferred
+    through a pool whose output size ONNX's formula got wrong waits for the next pass.
+    `model` (shapes inferred) is edited in place; the result may be a re-inferred copy."""
+    for _ in range(len(model.graph.node) + 1):
+        reinfer, deferred = _resolve_ceil_pass(model)
+        if reinfer:
+            model = _infer_shapes(model)
+        if not deferred:
+            break
     return model
+
+
+def _resolve_ceil_pass(model: onnx.ModelProto) -> tuple[bool, bool]:
+    """One pass of `resolve_ceil_pools` (in place): (shapes to infer again, a pool
+    deferred). A rewrite that only changes attributes keeps every inferred shape."""
+    graph = model.graph
+    if not any(_is_ceil_pool(n) for n in graph.node):
+        return False, False
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    types = {
+        vi.name: vi.type.tensor_type
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output)
+    }
+    taken = {t.name for t in graph.initializer} | set(types)
+    taken |= {name for n in graph.node for name in (n.name, *n.input, *n.output)}
+    stale: set[str] = set()  # tensors whose inferred shape may hold ONNX's wrong size
+    changed = reinfer = deferred = False
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if _is_ceil_pool(node) and node.input[0] in stale:
+            deferred = True
+        elif _is_ceil_pool(node):
+            rewrite = _ceil_rewrite(node, types.get(node.input[0]), opset, taken)
+            if rewrite is not None:
+                extra, initializers, out = rewrite
+                nodes.extend(extra)
+                graph.initializer.extend(initializers)
+                changed = True
+                reinfer = reinfer or bool(extra)
+                declared = types.get(node.output[0])
+                if declared is not None and _dims(declared)[2:] != out:
+                    stale.add(node.output[0])
+        if any(name in stale for name in node.input):
+            stale.update(name for name in node.output if name)
+        nodes.append(node)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        for info in [v for v in graph.value_info if v.name in stale]:
+            graph.value_info.remove(info)
+        for info in [v for v in graph.output if v.name in stale]:
+            for dim in info.type.tensor_type.shape.dim:  # inference fills them again
+                if dim.HasField("dim_value"):
+                    dim.Clear()
+    return reinfer or bool(stale), deferred
+
+
+def _is_ceil_pool(node: onnx.NodeProto) -> bool:
+    if node.op_type not in _CEIL_POOLS or node.domain not in ("", "ai.onnx"):
+        return False
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    return bool(attrs.get("ceil_mode", 0)) and attrs.get("auto_pad", "NOTSET") == "NOTSET"
+
+
+def _dims(tensor_type) -> list:
+    if not tensor_type.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+
+
+def _fresh(taken: set[str], hint: str) -> str:
+    name, k = hint, 0
+    while name in taken:
+        k += 1
+        name = f"{hint}_{k}"
+    taken.add(name)
+    return name
+
+
+def _ceil_rewrite(node: onnx.NodeProto, x_type, opset: int, taken: set[str]):
+    """Rewrite the ceil_mode pool `node` in place as ceil_mode=0: (nodes to insert before
+    it, initializers, its output spatial size), or None (left as it is)."""
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    kernel = [int(k) for k in attrs.get("kernel_shape") or ()]
+    nd = len(kernel)
+    spatial = _dims(x_type)[2:] if x_type is not None else []
+    if not nd or len(spatial) != nd or not all(isinstance(d, int) and d > 0 for d in spatial):
+        return None
+    strides = [int(s) for s in attrs.get("strides") or [1] * nd]
+    dilations = [int(d) for d in attrs.get("dilations") or [1] * nd]
+    pads = [int(p) for p in attrs.get("pads") or [0] * (2 * nd)]
+    if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd or min(pads) < 0:
+        return None
+    begins, ends = pads[:nd], pads[nd:]
+    out, needed = [], []  # output size, end pad that gives it with ceil_mode=0
+    for i in range(nd):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        if spatial[i] + begins[i] + ends[i] < extent:
+            return None
+        size = pool_output_size(
+            spatial[i], kernel[i], strides[i], dilations[i], begins[i], ends[i], True
+        )
+        out.append(size)
+        needed.append(max((size - 1) * strides[i] + extent - spatial[i] - begins[i], 0))
+    count_pad = node.op_type == "AveragePool" and bool(attrs.get("count_include_pad", 0))
+    node_begins, node_ends = list(begins), list(needed)
+    explicit_begins, explicit_ends, value = [0] * nd, [0] * nd, 0.0
+    if count_pad and any(needed[i] > ends[i] for i in range(nd)):
+        # the overhang must not count: the pool's own pads become a zero Pad, counted as data
+        explicit_begins = list(begins)
+        explicit_ends = [min(ends[i], needed[i]) for i in range(nd)]  # (no window reads more)
+        node_begins, node_ends = [0] * nd, [needed[i] - explicit_ends[i] for i in range(nd)]
+        count_pad = False
+        if any(node_ends[i] >= kernel[i] for i in range(nd)):
+            return None
+    elif any(needed[i] >= kernel[i] for i in range(nd)):
+        if node.op_type == "AveragePool":
+            return None  # explicit padding would be counted (ONNX Runtime wants pads < kernel)
+        if node.op_type == "MaxPool":
+            if len(node.output) > 1 and node.output[1]:
+                return None  # its indices would index the padded tensor
+            if x_type.elem_type not in _LOWEST:
+                return None
+            value = _LOWEST[x_type.elem_type]
+        for i in range(nd):
+            if needed[i] >= kernel[i]:
+                explicit_ends[i], node_ends[i] = needed[i], 0
+    extra, initializers = [], []
+    if any(explicit_begins) or any(explicit_ends):
+        full = [0, 0] + explicit_begins + [0, 0] + explicit_ends
+        padded = _fresh(taken, f"{node.output[0]}_ceil_pad")
+        name = _fresh(taken, f"{node.name or node.op_type}_ceil_pad")
+        if opset >= 11:
+            inputs = [node.input[0], _fresh(taken, f"{padded}_pads")]
+            initializers.append(numpy_helper.from_array(np.array(full, np.int64), inputs[1]))
+            if value:
+                inputs.append(_fresh(taken, f"{padded}_value"))
+                initializers.append(
+                    onnx.helper.make_tensor(inputs[2], x_type.elem_type, [], [value])
+                )
+            extra.append(onnx.helper.make_node("Pad", inputs, [padded], name=name))
+        else:
+            extra.append(
+                onnx.helper.make_node(
+                    "Pad", [node.input[0]], [padded], name=name, pads=full, value=value
+                )
+            )
+        node.input[0] = padded
+    keep = [a for a in node.attribute if a.name not in ("pads", "ceil_mode", "count_include_pad")]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    node.attribute.append(onnx.helper.make_attribute("pads", node_begins + node_ends))
+    if node.op_type == "AveragePool":
+        node.attribute.append(onnx.helper.make_attribute("count_include_pad", int(count_pad)))
+    return extra, initializers, out
 
 
 def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:

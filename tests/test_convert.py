@@ -285,8 +285,12 @@ def test_refusals(onnx_zoo):
     named = make_model([N("Relu", ["X"], ["saliency"]), N("Flatten", ["saliency"], ["Y"])], (1, 4))
     with pytest.raises(ModelError, match="already has a tensor named 'saliency'"):
         convert(named)
-    with pytest.raises(MethodError, match="method 'deeplift' needs a second .reference. forward"):
-        convert(proto, method="deeplift")
+    per_row = np.zeros(
+        (3,) + tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]),
+        np.float32,
+    )
+    with pytest.raises(ModelError, match="one row per image"):
+        convert(proto, method="deeplift", baseline=per_row)
     with pytest.raises(MethodError, match="'gradcam' is not one backward pass"):
         convert(proto, method="gradcam")
 
@@ -340,7 +344,7 @@ def test_explainer_backends_agree_and_fall_back(onnx_zoo):
         auto.explain(x, [1, 2]).saliency,
         Explainer(proto, method="tsgb", backend="numpy").explain(x, [1, 2]).saliency,
     )
-    assert auto._compiled[None] is not None
+    assert auto._compiled[(None, ())] is not None
     # a graph whose image size is dynamic: the engine runs it
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "W")
     f = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(4, 2), "F")
@@ -360,8 +364,29 @@ def test_explainer_backends_agree_and_fall_back(onnx_zoo):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     dyn = Explainer(model, method="tsgb")
     result = dyn.explain(np.random.default_rng(0).standard_normal((1, 3, 7, 9)).astype(np.float32))
-    assert result.saliency.shape == (1, 7, 9) and dyn._compiled[None] is None
+    assert result.saliency.shape == (1, 7, 9) and dyn._compiled[(None, ())] is None
     with pytest.raises(ModelError, match="dynamic size"):
         Explainer(model, method="tsgb", backend="compiled").explain(
             np.zeros((1, 3, 7, 9), np.float32)
         )
+
+
+@pytest.mark.parametrize("net", ["densenet_style", "resnet50_style"])
+def test_deeplift_converts_with_its_reference_pass(onnx_zoo, net):
+    """DeepLIFT's reference forward pass is a renamed copy of the model's nodes in the
+    explainer: the converted model, the compiled explainer and the NumPy engine agree."""
+    _, proto = onnx_zoo.get(net, False)
+    x = onnx_zoo.example(net, batch=2, seed=5).numpy()
+    baseline = np.full((1,) + x.shape[1:], 0.25, np.float32)
+    engine = Explainer(proto, method="deeplift", baseline=baseline, backend="numpy")
+    expected = engine.explain(x, target=[1, 6])
+    compiled = Explainer(proto, method="deeplift", baseline=baseline, backend="compiled")
+    got = compiled.explain(x, target=[1, 6])
+    scale = np.abs(expected.saliency).max()
+    assert np.abs(got.saliency - expected.saliency).max() <= 1e-4 * scale
+    np.testing.assert_allclose(got.activation, x - baseline, atol=1e-6)
+    explainer = convert(proto, method="deeplift", baseline=baseline)
+    (saliency,) = session(explainer).run(
+        ["saliency"], {"input": x, "target": np.array([1, 6], np.int64)}
+    )
+    assert np.abs(saliency - expected.saliency).max() <= 1e-4 * scale

@@ -356,7 +356,7 @@ def test_no_note_when_compiled(onnx_zoo):
         warnings.simplefilter("error", EngineFallbackWarning)
         explainer = Explainer(proto, method="gradient")
         explainer.explain(x)
-    assert explainer._compiled[None] is not None
+    assert explainer._compiled[(None, ())] is not None
 
 
 def test_compile_out_of_memory_is_not_a_fallback(onnx_zoo, monkeypatch):

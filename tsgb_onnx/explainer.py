@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from tsgb_onnx.backends.compile import ACTIVATION, SALIENCY, SIGNAL, TARGET, compile_explainer
+from tsgb_onnx.backends.compile import (
+    ACTIVATION,
+    SALIENCY,
+    SIGNAL,
+    TAP_SIGNAL,
+    TAP_VALUE,
+    TARGET,
+    compile_explainer,
+)
 from tsgb_onnx.backends.device import DeviceChoice, resolve_device
 from tsgb_onnx.engine.executor import run_program_rows
 from tsgb_onnx.engine.ops import ArrayOps
@@ -93,8 +101,7 @@ class Explainer:
         self.method: Method | MapMethod = get_method(method)
         if isinstance(model, _Shared):  # a sub-explainer: same graph, recorder and caches
             self._shared = model
-            compiled = model.backend == "compiled" and self.method.reference is not None
-            self.backend = "numpy" if compiled else model.backend  # the engine runs those
+            self.backend = model.backend
         else:
             exported = None
             if framework_of(model) is not None:
@@ -121,12 +128,7 @@ class Explainer:
 
     def _init_method(self) -> None:
         self._programs: dict[tuple, Program] = {}
-        self._compiled: dict[str | None, object] = {}
-        if self.method.reference is not None and self.backend == "compiled":
-            raise MethodError(
-                f"method '{self.method.name}' needs a reference forward pass, which the compiled "
-                "explainer cannot run: use backend='auto' or 'numpy'"
-            )
+        self._compiled: dict[tuple, object] = {}
         if isinstance(self.method, Method):
             self.program()  # plan now: an unsupported op fails before anything runs
         else:
@@ -312,6 +314,17 @@ class Explainer:
             return self.sub_explainer(self.method.backward).signals(x, target, layers)
         layers = tuple(dict.fromkeys(self.tensor_of(list(layers)))) or (self.graph.input_name,)
         x = self._check_input(x)
+        session = self._compiled_session(layers[0], layers)
+        if session is not None:
+            logits, targets, taken = self._signals_compiled(session, x, target, layers)
+        else:
+            logits, targets, taken = self._signals_engine(x, target, layers)
+        checked = {f"activation at '{t}'": a for t, (a, _) in taken.items()}
+        checked.update({f"signal at '{t}'": g for t, (_, g) in taken.items()})
+        self._check_finite(x, {"logits": logits, **checked}, layers[0], targets=targets)
+        return logits, targets, taken
+
+    def _signals_engine(self, x, target, layers):
         program, logits, values, shapes = self._record(x, layers[0], layers)
         self._check_finite(x, {"logits": logits})
         targets = self.targets(target, logits)
@@ -321,11 +334,30 @@ class Explainer:
         self._backward(program, values, shapes, seed, tapped)
         to_np = self.ops.to_numpy
         taken = {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers}
-        logits = np.asarray(logits)
-        checked = {f"activation at '{t}'": a for t, (a, _) in taken.items()}
-        checked.update({f"signal at '{t}'": g for t, (_, g) in taken.items()})
-        self._check_finite(x, {"logits": logits, **checked}, layers[0], targets=targets)
+        return np.asarray(logits), targets, taken
+
+    def _signals_compiled(self, session, x, target, layers):
+        fed = self._fed_targets(session, x, target)
+        names = [self.graph.logits_name]
+        for i in range(len(layers)):
+            names += [TAP_VALUE.format(i), TAP_SIGNAL.format(i)]
+        logits, *tapped = self.recorder.run_session(
+            session, names, {self.graph.input_name: self.recorder.feed(x), TARGET: fed}
+        )
+        logits = to_float32(logits)
+        targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
+        taken = {t: (tapped[2 * i], tapped[2 * i + 1]) for i, t in enumerate(layers)}
         return logits, targets, taken
+
+    def _fed_targets(self, session, x, target) -> np.ndarray:
+        """The compiled explainer's `target` input: one class per row, -1 for top-1 (the
+        class count is read from its logits output, which is static)."""
+        logits_meta = next(o for o in session.get_outputs() if o.name == self.graph.logits_name)
+        classes = int(logits_meta.shape[1])
+        batch = x.shape[0] if x.ndim else 1
+        if target is None:
+            return np.full(batch, -1, dtype=np.int64)
+        return resolve_targets(target, np.zeros((batch, classes), np.float32))
 
     def reference_input(self, x: np.ndarray) -> np.ndarray:
         """The reference pass's input for `x` (methods with a reference, e.g. the baseline)."""
@@ -354,25 +386,26 @@ class Explainer:
         return values[layer]
 
     # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
-    def _compiled_session(self, layer: str | None):
-        """The compiled explainer for `layer` (built on first use), or None for the engine."""
-        # a reference method with backend='compiled' was refused in `_init_method`
-        if self.backend == "numpy" or self.method.reference is not None:
+    def _compiled_session(self, layer: str | None, taps: tuple[str, ...] = ()):
+        """The compiled explainer for `layer` and `taps` (built on first use), or None for
+        the engine."""
+        if self.backend == "numpy":
             return None
-        if layer not in self._compiled:
-            self.program(layer)  # a bad layer fails here with the planner's message
+        key = (layer, taps)
+        if key not in self._compiled:
+            self.program(layer, taps)  # a bad layer fails here with the planner's message
             try:
-                model = compile_explainer(self.graph, self.method, self.options, layer)
-                self._compiled[layer] = self.recorder.session_for(model, self.threads)
+                model = compile_explainer(self.graph, self.method, self.options, layer, taps)
+                self._compiled[key] = self.recorder.session_for(model, self.threads)
             except ModelError as exc:  # e.g. dynamic image sizes: the engine copes
                 if self.backend == "compiled":
                     raise
-                self._compiled[layer] = None
+                self._compiled[key] = None
                 self._note(
                     f"the compiled explainer cannot hold this model ({exc}); explaining "
                     "with the NumPy engine instead (the same maps, slower)"
                 )
-        return self._compiled[layer]
+        return self._compiled[key]
 
     def _note(self, message: str) -> None:
         """Warn with `message` once per model (sub-explainers share the record)."""
@@ -381,14 +414,7 @@ class Explainer:
             warnings.warn(message, EngineFallbackWarning, stacklevel=5)
 
     def _explain_compiled(self, session, x, target, layer) -> Explanation:
-        # the explainer's logits output has a static class count (read from ONNX Runtime)
-        logits_meta = next(o for o in session.get_outputs() if o.name == self.graph.logits_name)
-        classes = int(logits_meta.shape[1])
-        batch = x.shape[0] if x.ndim else 1
-        if target is None:
-            fed = np.full(batch, -1, dtype=np.int64)
-        else:
-            fed = resolve_targets(target, np.zeros((batch, classes), np.float32))
+        fed = self._fed_targets(session, x, target)
         saliency, signal, logits, activation = self.recorder.run_session(
             session,
             [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION],

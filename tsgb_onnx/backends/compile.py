@@ -22,15 +22,17 @@ from onnx import TensorProto, helper
 
 from tsgb_onnx.backends.onnx_ops import Batch, GraphBuilder, OnnxOps, Sym
 from tsgb_onnx.engine.executor import run_program
-from tsgb_onnx.engine.program import Program, plan
+from tsgb_onnx.engine.program import REFERENCE, Program, plan
 from tsgb_onnx.engine.record import ForwardRecorder
 from tsgb_onnx.engine.rule import RuleSource
-from tsgb_onnx.errors import MethodError, ModelError, TsgbError, is_out_of_memory, out_of_memory
+from tsgb_onnx.errors import ModelError, TsgbError, is_out_of_memory, out_of_memory
 from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants, load_model
 
 EXPLAINER_KEY = "tsgb_onnx.explainer"
 TARGET, SALIENCY, SIGNAL, SEED = "target", "saliency", "signal", "seed"
 ACTIVATION = "activation"  # the layer's value, float32 (the Explainer's attribution)
+# the Explainer's taps (several layers from one backward): signal and value of tap i
+TAP_SIGNAL, TAP_VALUE = "signal::tap{}", "activation::tap{}"
 MIN_OPSET = 13  # the emitter writes opset-13 forms (ReduceSum/Split/Unsqueeze axes as inputs)
 
 
@@ -39,9 +41,16 @@ class ConvertWarning(UserWarning):
 
 
 def compile_explainer(
-    graph: Graph, method: RuleSource, options: dict, layer: str | None
+    graph: Graph,
+    method: RuleSource,
+    options: dict,
+    layer: str | None,
+    taps: tuple[str, ...] = (),
 ) -> onnx.ModelProto:
-    """The explainer model `Explainer` runs: outputs `saliency`, `signal` and the logits."""
+    """The explainer model `Explainer` runs: outputs `saliency`, `signal`, `activation` and
+    the logits, plus the signal and value of every tap (`TAP_SIGNAL` / `TAP_VALUE`). A method
+    with a constant reference input (DeepLIFT's baseline) gets the reference forward pass
+    as a renamed copy of the model's nodes."""
     return compile_model(
         graph,
         method,
@@ -51,6 +60,7 @@ def compile_explainer(
         keep_signal=True,
         seed_input=False,
         expose_logits=True,
+        taps=tuple(taps),
     )
 
 
@@ -72,14 +82,10 @@ def compile_model(
     seed_input: bool,
     expose_logits: bool = False,
     optional_target: bool = False,
+    taps: tuple[str, ...] = (),
 ) -> onnx.ModelProto:
     """Emit `method`'s reverse program (options already resolved) into the model.
     `optional_target`: `target` gets the default [-1] (top-1), so it may be left unfed."""
-    if method.needs_reference:
-        raise MethodError(
-            f"method '{method.name}' needs a second (reference) forward pass, which a compiled "
-            "explainer does not hold: explain with it through Explainer or tsgb explain instead"
-        )
     if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
         graph, proto = model, model.model
     else:
@@ -92,7 +98,7 @@ def compile_model(
     while True:
         if needed > graph.opset:
             graph = _upgraded(proto, needed, output, original_opset)
-        emitted = _emit(graph, method, options, layer, keep_signal, seed_input, expose_logits)
+        emitted = _emit(graph, method, options, layer, keep_signal, seed_input, expose_logits, taps)
         if emitted.builder.required_opset <= graph.opset:
             break
         needed = emitted.builder.required_opset
@@ -224,14 +230,16 @@ def _emit(
     keep_signal,
     seed_input,
     keep_activation: bool = False,
+    taps: tuple[str, ...] = (),
 ) -> _Emitted:
-    program = plan(graph, method, options, layer)
-    shapes = runtime_shapes(
-        graph, (graph.logits_name, program.layer) + program.record + program.record_shapes
-    )
+    program = plan(graph, method, options, layer, taps)
+    plain = (graph.logits_name, program.layer) + program.record + program.record_shapes + taps
+    shapes = runtime_shapes(graph, [t.removeprefix(REFERENCE) for t in plain])
+    shapes.update({t: shapes[t.removeprefix(REFERENCE)] for t in plain})
     taken = _taken_names(graph.model)
     wanted = [SEED] if seed_input else [TARGET, SALIENCY] + ([SIGNAL] if keep_signal else [])
     wanted += [ACTIVATION] if keep_activation else []
+    wanted += [f.format(i) for i in range(len(taps)) for f in (TAP_SIGNAL, TAP_VALUE)]
     clash = [n for n in wanted if n in taken]
     if clash:
         raise ModelError(
@@ -240,9 +248,11 @@ def _emit(
         )
     builder = GraphBuilder(graph.opset, taken | set(wanted))
     ops = OnnxOps(builder, batch_source=graph.input_name)
+    if method.needs_reference:
+        _emit_reference_pass(graph, method, options, builder)
 
     def forward(name: str) -> Sym:
-        handle = Sym(name, shapes[name], _np_dtype(graph, name))
+        handle = Sym(name, shapes[name], _np_dtype(graph, name.removeprefix(REFERENCE)))
         return ops.asarray(handle)  # a Cast when the model computes in another float type
 
     values = {t: forward(t) for t in program.record}
@@ -259,7 +269,12 @@ def _emit(
     else:
         seed, valid = _target_seed(ops, builder, logits)
     activation = values.get(program.layer) or forward(program.layer)
-    signal = run_program(program, ops, values, shape_reads, seed, _ConstantHandles(graph, ops))
+    if program.reference:  # the saliency is sum_c signal * (value - reference value)
+        activation = ops.sub(activation, values.get(REFERENCE + program.layer))
+    tap_values = {t: values.get(t) or forward(t) for t in taps}
+    tapped: dict | None = {} if taps else None
+    consts = _ConstantHandles(graph, ops)
+    signal = run_program(program, ops, values, shape_reads, seed, consts, tapped)
     if seed_input:
         return _Emitted(builder, [(_materialize(ops, signal), SIGNAL)], program, logits.shape)
     rank = len(activation.shape)
@@ -273,7 +288,67 @@ def _emit(
         outputs.append((_materialize(ops, signal), SIGNAL))
     if keep_activation:
         outputs.append((_materialize(ops, activation), ACTIVATION))
+    for i, t in enumerate(taps):
+        outputs.append((_materialize(ops, tapped[t]), TAP_SIGNAL.format(i)))
+        outputs.append((_materialize(ops, tap_values[t]), TAP_VALUE.format(i)))
     return _Emitted(builder, outputs, program, logits.shape)
+
+
+def _emit_reference_pass(
+    graph: Graph, method: RuleSource, options: dict, builder: GraphBuilder
+) -> None:
+    """The reference forward pass: every node of the model again, its tensors renamed
+    `REFERENCE + name`, on the method's reference input broadcast to the input's shape. Only a
+    reference that does not depend on the input (a constant baseline) can be held."""
+    rank = len(graph.input_shape or ())
+    probe = [np.full((1,) + tuple(graph.input_shape[1:]), v, np.float32) for v in (0.0, 1.0)]
+    try:
+        refs = [np.asarray(method.reference(p, options), dtype=np.float32) for p in probe]
+    except (TypeError, ValueError):
+        refs = [None, None]
+    if refs[0] is None or refs[0].shape != refs[1].shape or not np.array_equal(*refs):
+        raise ModelError(
+            f"method '{method.name}': its reference input depends on the input, and a "
+            "compiled explainer holds a constant reference only"
+        )
+    baseline = refs[0]
+    if baseline.ndim == rank and baseline.shape[0] != 1:
+        raise ModelError(
+            f"method '{method.name}': a reference with one row per image (shape "
+            f"{baseline.shape}) cannot be compiled for any batch size"
+        )
+    for node in graph.model.graph.node:
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute
+        ):
+            raise ModelError(
+                f"node '{node.name}' ({node.op_type}) holds a subgraph, which the compiled "
+                "reference pass does not copy"
+            )
+    dtype = _np_dtype(graph, graph.input_name)
+    const = builder.initializer(baseline.astype(dtype), "reference_input")
+    (shape,) = builder.node("Shape", [graph.input_name])
+    builder.node("Expand", [const, shape], [REFERENCE + graph.input_name])
+    dynamic = {graph.input_name} | {o for n in graph.model.graph.node for o in n.output}
+    for node in graph.model.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = REFERENCE + node.name if node.name else ""
+        copy.ClearField("input")
+        copy.ClearField("output")
+        copy.input.extend(REFERENCE + t if t in dynamic else t for t in node.input)
+        copy.output.extend(REFERENCE + t if t else t for t in node.output)
+        builder.nodes.append(copy)
+
+
+def _json_option(value):
+    """An option value JSON cannot hold: a small array as a list, a large one described."""
+    if isinstance(value, np.ndarray | np.generic):
+        if value.size <= 16:
+            return value.tolist()
+        return {"array": list(value.shape), "dtype": str(value.dtype)}
+    return repr(value)
 
 
 def _np_dtype(graph: Graph, name: str):
@@ -377,7 +452,7 @@ def _assemble(
         meta = {
             EXPLAINER_KEY: method.name,
             "tsgb_onnx.layer": emitted.program.layer,
-            "tsgb_onnx.options": json.dumps(options, sort_keys=True),
+            "tsgb_onnx.options": json.dumps(options, sort_keys=True, default=_json_option),
         }
         if graph.opset != original_opset:
             meta["tsgb_onnx.opset_upgraded_from"] = str(original_opset)

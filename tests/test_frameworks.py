@@ -16,7 +16,7 @@ from tsgb_onnx.errors import InputError, MethodError, ModelError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def resnet():
-    from tests.nets import resnet50_style
+    from nets import resnet50_style
 
     return resnet50_style().eval()
 

@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tests.peers import import_peer  # noqa: E402
+from peers import import_peer  # noqa: E402
+
 from tsgb_onnx import Explainer  # noqa: E402
 
 TARGETS = [3, 7]
@@ -28,14 +29,14 @@ def _without_inplace(model):
 
 @pytest.fixture(scope="module")
 def vgg():
-    from tests.nets import vgg16_style
+    from nets import vgg16_style
 
     return _without_inplace(vgg16_style())
 
 
 @pytest.fixture(scope="module")
 def resnet():
-    from tests.nets import resnet50_style
+    from nets import resnet50_style
 
     return _without_inplace(resnet50_style())
 

@@ -82,8 +82,7 @@ def last_spatial_module(model, x):
 def pairs(model, layer: str, x, targets):
     """(product method, product call options, peer name, peer callable) per comparison."""
     import torch
-
-    from tests.peers import import_peer
+    from peers import import_peer
 
     captum = import_peer("captum", "attr").attr
     cams = import_peer("pytorch_grad_cam", "utils.model_targets")

@@ -12,6 +12,9 @@ from tsgb_onnx.errors import InputError
 from tsgb_onnx.evaluation.evaluate import Settings, evaluate
 from tsgb_onnx.io.atomic import write_text_atomic
 
+# what a first run compares: the paper's method, the exact gradient and Grad-CAM
+DEFAULT_METHODS = ("tsgb", "gradient", "gradcam")
+
 
 def _per_method_options(items: list[str]) -> dict:
     """--opt METHOD.KEY=VALUE → {method: {key: value}}."""
@@ -23,6 +26,20 @@ def _per_method_options(items: list[str]) -> dict:
             raise InputError(f"--opt expects METHOD.KEY=VALUE (e.g. tsgb.alpha=0.8), got '{item}'")
         options.setdefault(method, {})[name.replace("-", "_")] = option_value(value.strip())
     return options
+
+
+def _count_or_all(text: str) -> int:
+    return 0 if text.strip().lower() == "all" else positive_int(text)
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MB, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of MB >= 0, got '{text}'")
+    return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -41,6 +58,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         backend=args.backend,
+        sanity_layers=args.sanity_layers,
+        memory_budget=args.memory_budget,
+        keep_maps=False,
     )
     ev = evaluate(
         args.model,
@@ -79,7 +99,10 @@ def register(sub) -> None:
         "'synthetic[:COUNT[:SEED]]' or 'skimage'",
     )
     e.add_argument(
-        "--methods", default="all", help="comma list of methods (default: all registered)"
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma list of methods, or 'all' for every registered one (default: "
+        f"{','.join(DEFAULT_METHODS)})",
     )
     e.add_argument(
         "--metrics",
@@ -128,6 +151,22 @@ def register(sub) -> None:
         type=positive_int,
         default=8,
         help="objects re-explained per randomized model",
+    )
+    e.add_argument(
+        "--sanity-layers",
+        type=_count_or_all,
+        default=12,
+        metavar="N",
+        help="randomization steps of each sanity test, evenly spaced, the last (every layer "
+        "randomized) always among them; 'all' for every layer (default 12)",
+    )
+    e.add_argument(
+        "--memory-budget",
+        type=_megabytes,
+        default=1024,
+        metavar="MB",
+        help="memory one model run may take: caps the rows of explain and forward calls "
+        "(default 1024; 0: no cap)",
     )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--backend", choices=("auto", "compiled", "numpy"), default="auto")

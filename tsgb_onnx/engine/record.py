@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +20,11 @@ from tsgb_onnx.errors import (
 from tsgb_onnx.ir.graph import Graph
 
 SHAPE_SUFFIX = "::shape"
+CPU = "CPUExecutionProvider"
+# "0" gives every CPU session its own arena again (ONNX Runtime's default)
+SHARED_ARENA_ENV = "TSGB_SHARED_ARENA"
+_ARENA: dict[str, bool] = {}
+_ARENA_LOCK = threading.Lock()
 
 
 def _onnxruntime():
@@ -29,6 +36,38 @@ def _onnxruntime():
             "(or 'tsgb-onnx[gpu]' for CUDA)"
         ) from None
     return onnxruntime
+
+
+def shared_cpu_arena(ort) -> bool:
+    """Whether CPU sessions use one arena shared by the whole process.
+
+    ONNX Runtime gives each session its own arena, which keeps the memory of the largest
+    run that session ever made: an evaluation holding the explainer of a method, its
+    sub-explainers (SmoothGrad's base method, say) and a plain inference session kept the
+    peak of each of them at once. One arena registered on ONNX Runtime's environment (once
+    per process) and used by every CPU session (`session.use_env_allocators`) is reused by
+    all of them: resident memory is the largest single run, not the sum, at the same speed
+    (measured in docs/benchmarks.md). `release_memory` hands its unused part back.
+    `TSGB_SHARED_ARENA=0` turns it off; if ONNX Runtime refuses to register it, sessions
+    keep their own arenas, as before."""
+    with _ARENA_LOCK:
+        if "ok" not in _ARENA:
+            ok = os.environ.get(SHARED_ARENA_ENV, "1") != "0"
+            if ok:
+                try:
+                    info = ort.OrtMemoryInfo(
+                        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+                    )
+                    # max_mem 0 (no cap), extend strategy 0 (next power of two, the default)
+                    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))
+                except Exception as exc:  # registered already (by the host program): use it
+                    ok = "already" in str(exc).lower()
+            _ARENA["ok"] = ok
+        return _ARENA["ok"]
+
+
+def _cpu_only(providers: Sequence) -> bool:
+    return all((p[0] if isinstance(p, tuple) else p) == CPU for p in providers)
 
 
 def recording_model(graph: Graph, values: Sequence[str], shapes: Sequence[str]) -> onnx.ModelProto:
@@ -87,6 +126,8 @@ class ForwardRecorder:
             options.intra_op_num_threads = threads
         if not self.optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if _cpu_only(self.providers) and shared_cpu_arena(ort):
+            options.add_session_config_entry("session.use_env_allocators", "1")
         try:
             return ort.InferenceSession(
                 model.SerializeToString(), options, providers=self.providers
@@ -136,6 +177,34 @@ class ForwardRecorder:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Plain inference: the logits only."""
         return self.run(x)[0]
+
+    def release_memory(self) -> bool:
+        """Hand the unused memory of ONNX Runtime's CPU arena back to the system.
+
+        An arena keeps the memory of its largest run for the next one; after a phase of
+        large batches (an evaluation's method, deletion curves) that is memory nothing will
+        use. ONNX Runtime frees an arena's unused regions only at the end of a run made with
+        its `memory.enable_memory_arena_shrinkage` run option: this makes one such run, of
+        the plain inference session on one zero row (so with the shared arena,
+        `shared_cpu_arena`, the whole process's arena shrinks). False, and nothing done,
+        when the model's input has no fixed size apart from the batch or is not on the CPU.
+        """
+        if not _cpu_only(self.providers):
+            return False
+        shape = list(self.graph.input_shape or ())
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            return False
+        shape[0] = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+        ort = _onnxruntime()
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        session = self._session((), ())
+        x = self.feed(np.zeros(shape, dtype=np.float32))
+        try:
+            session.run([self.graph.logits_name], {self.graph.input_name: x}, options)
+        except Exception:  # a model that refuses zeros: nothing released, nothing broken
+            return False
+        return True
 
 
 def to_float32(value):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tsgb_onnx.errors import InputError
+from tsgb_onnx.evaluation.datasets import Dataset
 from tsgb_onnx.evaluation.drift import Drift, explanation_drift
 from tsgb_onnx.evaluation.evaluate import METRICS, Evaluation, Settings, evaluate
 from tsgb_onnx.io.atomic import write_bytes_atomic, write_text_atomic
@@ -47,6 +48,8 @@ SETTINGS_KEYS = {
     "sanity_samples",
     "seed",
     "backend",
+    "sanity_layers",
+    "memory_budget",
 }
 
 
@@ -358,7 +361,11 @@ def validate(config, out_dir: str | Path | None = None, progress: bool = False) 
         raise ConfigError(
             f"thresholds need metric(s) {', '.join(missing)} that [evaluation] metrics leaves out"
         )
-    settings = Settings(progress=progress, **{k: ev_t[k] for k in SETTINGS_KEYS if k in ev_t})
+    settings = Settings(
+        progress=progress,
+        keep_worst=int(out_t.get("worst", 4)),
+        **{k: ev_t[k] for k in SETTINGS_KEYS if k in ev_t},
+    )
     options = _table(cfg, "options")
     _check_options(options, methods, where)
     evaluation = evaluate(
@@ -408,6 +415,8 @@ def _drift(
 
     get_method(method)  # an unknown name: one line before any work
     data = evaluation.dataset
+    if not isinstance(data, Dataset):  # streamed by evaluate: drift compares whole sets
+        data = evaluation.dataset = data.materialize()
     drift = explanation_drift(
         deployed,
         reference,
@@ -504,15 +513,6 @@ def _draw_boxes(rgb: np.ndarray, boxes) -> np.ndarray:
     return out
 
 
-def _badness(result, i: int) -> tuple:
-    d = result.details
-    miss = int(d.get("pointing_hits", [None] * (i + 1))[i] is False)
-    dele = float(d["deletion_auc"][i]) if "deletion_auc" in d else 0.0
-    ins = -float(d["insertion_auc"][i]) if "insertion_auc" in d else 0.0
-    nan = int(not np.isfinite(result.maps[i]).all())
-    return (nan, miss, dele, ins)
-
-
 def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> None:
     """An HTML page: the checks, the table, and the maps of the worst cases per method."""
     from tsgb_onnx.io.render import heatmap
@@ -541,15 +541,14 @@ def write_html(report: ValidationReport, path: str | Path, worst: int = 4) -> No
         ev.html(),
     ]
     for result in ev.results:
-        if result.maps is None:
+        if not result.worst:
             continue
-        order = sorted(range(len(result.maps)), key=lambda i: _badness(result, i), reverse=True)
         parts.append(f"<h2>{html.escape(result.method)}: worst cases</h2>")
-        for i in order[:worst]:
-            rgb = ev.dataset.rgb[s.image[i]]
+        for case in result.worst[:worst]:
+            i, rgb = case.sample, case.rgb
             scale = max(1, 192 // max(rgb.shape[:2]))
-            overlay = _draw_boxes(heatmap(np.nan_to_num(result.maps[i]), rgb), s.boxes[i])
-            caption = f"{ev.dataset.names[s.image[i]]}, {s.label[i]} (class {s.target[i]})"
+            overlay = _draw_boxes(heatmap(np.nan_to_num(case.saliency), rgb), s.boxes[i])
+            caption = f"{case.name}, {s.label[i]} (class {s.target[i]})"
             for key, name in (("deletion_auc", "deletion"), ("insertion_auc", "insertion")):
                 if key in result.details:
                     caption += f", {name} {result.details[key][i]:.3f}"

@@ -121,3 +121,28 @@ def add_method_flags(sp: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a method option (repeatable), e.g. --opt groups=16",
     )
+
+
+def add_engine_flags(sp: argparse.ArgumentParser) -> None:
+    """--engine, --address, --workers (the Ray scale-out of explain and evaluate)."""
+    sp.add_argument(
+        "--engine",
+        choices=("in-process", "ray"),
+        default="in-process",
+        help="in-process (default), or ray: Ray Data over a local Ray or a cluster, results "
+        "as Parquet in --out-dir, resumable (needs the [ray] extra; docs/scale.md)",
+    )
+    sp.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="--engine ray: join the Ray cluster at ADDR ('auto': one started on this "
+        "machine; default: RAY_ADDRESS, else a local Ray started for the run)",
+    )
+    sp.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--engine ray: explainer actors (default: one per CPU of the cluster)",
+    )

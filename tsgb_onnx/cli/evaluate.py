@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tsgb_onnx.cli.args import option_value, out_path, positive_int
+from tsgb_onnx.cli.args import add_engine_flags, option_value, out_path, positive_int
 from tsgb_onnx.errors import InputError
 from tsgb_onnx.evaluation.evaluate import Settings, evaluate
 from tsgb_onnx.io.atomic import write_text_atomic
@@ -62,15 +62,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget,
         keep_maps=False,
     )
-    ev = evaluate(
-        args.model,
-        args.data,
-        args.methods,
-        args.metrics,
-        _per_method_options(args.opt),
-        settings,
-        output=args.output,
-    )
+    summary = None
+    if args.engine == "ray":
+        if args.out_dir is None:
+            raise InputError("--engine ray needs --out-dir DIR (where the Parquet results go)")
+        from tsgb_onnx.scale.evaluate import run_evaluate
+
+        ev, summary = run_evaluate(
+            args.model,
+            args.data,
+            args.methods,
+            args.metrics,
+            _per_method_options(args.opt),
+            settings,
+            args.output,
+            args.out_dir,
+            address=args.address,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    else:
+        for flag, value in (
+            ("--out-dir", args.out_dir),
+            ("--address", args.address),
+            ("--workers", args.workers),
+        ):
+            if value is not None:
+                raise InputError(f"{flag} is for --engine ray")
+        ev = evaluate(
+            args.model,
+            args.data,
+            args.methods,
+            args.metrics,
+            _per_method_options(args.opt),
+            settings,
+            output=args.output,
+        )
     table = ev.markdown()
     print(
         f"{ev.model} on {ev.data}: {ev.images} images, {len(ev.samples.target)} explained "
@@ -86,7 +113,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if out_md:
         write_text_atomic(out_md, table)
         print(f"wrote {out_md}")
-    return 0 if any(r.error is None for r in ev.results) else 2
+    if not any(r.error is None for r in ev.results):
+        return 2
+    if summary is not None:
+        for failure in ev.failed:
+            print(
+                f"tsgb: note: image '{failure['image']}' failed: {failure['reason']}",
+                file=sys.stderr,
+            )
+        print(summary.line("images"), file=sys.stderr)
+        memory = summary.memory_line()
+        if memory:
+            print(memory, file=sys.stderr)
+        if ev.failed:
+            return 1
+    return 0
 
 
 def register(sub) -> None:
@@ -171,4 +212,12 @@ def register(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--backend", choices=("auto", "compiled", "numpy"), default="auto")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_engine_flags(e)
+    e.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="--engine ray: the Parquet results (a row per image × object × method) and "
+        "the errors table; rerunning the command completes an interrupted run",
+    )
     e.set_defaults(func=cmd_evaluate)

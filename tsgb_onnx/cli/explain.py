@@ -16,6 +16,7 @@ from urllib.parse import quote
 import numpy as np
 
 from tsgb_onnx.cli.args import (
+    add_engine_flags,
     add_method_flags,
     check_out,
     floats,
@@ -644,6 +645,7 @@ def _explain_settings(args):
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    check_engine(args)
     settings = _explain_settings(args)
     explainer = Explainer(
         args.model,
@@ -656,7 +658,72 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if explainer.method.single_pass and _draws(settings):
         check_layer_drawable(explainer.graph, settings.layer)
     prep = choose_preprocessing(explainer.graph, settings.preset, settings.explicit)
+    if args.engine == "ray":
+        return run_on_ray(args, explainer, settings, prep)
     return run(explainer, settings, prep)
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """--engine ray writes a folder; --address / --workers belong to it."""
+    if args.engine != "ray":
+        for flag, value in (("--address", args.address), ("--workers", args.workers)):
+            if value is not None:
+                raise InputError(f"{flag} is for --engine ray")
+        return
+    if args.out is not None:
+        raise InputError("--engine ray writes a folder (--out-dir DIR), not one --out file")
+    if args.out_dir is None:
+        raise InputError("--engine ray needs --out-dir DIR (where the Parquet results go)")
+
+
+def run_on_ray(args, explainer, settings: Settings, prep: Preprocessing) -> int:
+    """Explain on Ray Data into --out-dir (tsgb_onnx.scale.explain); 1 when an input failed."""
+    from dataclasses import asdict
+
+    from tsgb_onnx.scale.explain import ExplainJob, run_explain
+
+    labels = choose_labels(explainer.graph, settings.labels)
+    target = parse_targets(settings.target, labels)
+    if target is not None and settings.top_k > 1:
+        raise InputError("--target and --top-k > 1 exclude each other: give one of them")
+    classes = explainer.graph.num_classes
+    if classes is not None and settings.top_k > classes:
+        raise InputError(f"--top-k {settings.top_k} is more than the model's {classes} classes")
+    # the default --out-dir formats are png,html; on Ray the Parquet results are the output
+    formats = tuple(dict.fromkeys(f for group in args.format for f in group))
+    files = discover(settings.inputs)
+    for path, _ in files:
+        if not path.exists():
+            raise InputError(f"input '{path}' does not exist")
+    job = ExplainJob(
+        method=explainer.method.name,
+        options=method_options(args),
+        output=args.output,
+        backend=args.backend,
+        prep=asdict(prep),
+        target=target,
+        top_k=settings.top_k,
+        layer=settings.layer,
+        labels=labels,
+        formats=formats,
+        colormap=settings.colormap,
+        cmap=settings.cmap,
+        out_dir=str(settings.out_dir),
+        batch_size=settings.batch_size,
+    )
+    progress = sys.stderr.isatty() if settings.progress is None else settings.progress
+    summary = run_explain(
+        args.model, files, job, address=args.address, workers=args.workers, progress=progress
+    )
+    failed = f", {summary.failed} failed (errors/)" if summary.failed else ""
+    print(
+        f"wrote {summary.inputs - summary.failed} inputs to {settings.out_dir} (results/){failed}"
+    )
+    print(summary.line(), file=sys.stderr)
+    memory = summary.memory_line()
+    if memory:
+        print(memory, file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def _draws(settings: Settings) -> bool:
@@ -711,6 +778,7 @@ def register(sub) -> None:
         help="what --out-dir gets (comma list; default png,html; html alone embeds its pictures)",
     )
     e.add_argument("--batch-size", type=positive_int, default=8, help="inputs per run")
+    add_engine_flags(e)
     e.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

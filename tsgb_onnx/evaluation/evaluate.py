@@ -136,6 +136,7 @@ class Evaluation:
     dataset: Dataset | Source
     inference_images_per_s: float = float("nan")
     engine: str = "in-process"
+    failed: list = field(default_factory=list)  # images that could not be read (Ray engine)
 
     def to_dict(self) -> dict:
         return {
@@ -146,6 +147,7 @@ class Evaluation:
             "metrics": list(self.metrics),
             "settings": dict(vars(self.settings)),
             "engine": self.engine,
+            "failed": list(self.failed),
             "inference_images_per_s": _round(self.inference_images_per_s),
             "methods": {
                 r.method: (

@@ -570,6 +570,7 @@ def run_sanity(
     layout, their targets and original maps), into its values and details."""
     st = plan.settings
     args = {"output": output, "backend": st.backend}
+    opts = method_options(name, opts, plan.explain_rows)  # chunks within the budget too
     runs = {}
     for mode in ("cascading", "independent"):
         runs[mode] = M.sanity_check(
@@ -790,6 +791,7 @@ def _evaluate_method(
         result.maps = np.concatenate(maps)
     result.worst = [w[2] for w in sorted(worst, key=lambda w: w[:2], reverse=True)]
     del ex
+    gc.collect()  # the method's sessions go before the sanity checks build theirs
     if k:
         x = to_model(np.stack([f[0] for f in first]))
         run_sanity(

@@ -8,6 +8,7 @@ All functions work on NumPy arrays; the model is called through `predict(x) -> l
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -474,6 +475,7 @@ def sanity_check(
             ]
         )
         del ex
+        gc.collect()  # an explainer and its sub-explainers form cycles: free its sessions now
         if absolute:
             rows.append(spearman_rows(np.abs(original), np.abs(maps)))
         else:

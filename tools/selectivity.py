@@ -1,6 +1,6 @@
 """Target selectivity on a real photo pair: share of positive saliency mass per half.
 
-    python tools/selectivity.py [--methods tsgb,gradient] [--figure docs/selectivity.png]
+    python tools/selectivity.py [--methods tsgb,gradient] [--figure selectivity.png]
 
 chelsea (cat, left) | coffee (cup, right), pretrained EfficientNet-Lite0 at 224x448,
 targets "Egyptian cat" (285) and "espresso" (967). Prints a Markdown table.

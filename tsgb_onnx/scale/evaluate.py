@@ -325,10 +325,7 @@ def run_evaluate(
             job.threads = cluster.threads
             size = batch_size or settings.batch_size
             for row in _map(ray, todo, EvaluateWorker, data_bytes, asdict(job), size, cluster):
-                summary.now += 1
-                summary.rows += int(row["rows"])
-                pid = int(row["pid"])
-                summary.workers[pid] = max(summary.workers.get(pid, 0.0), float(row["rss_mb"]))
+                summary.add(row)
         summary.seconds = time.perf_counter() - start
         evaluation = reduce_run(
             out.root, source, data_bytes, method_list, metric_list, options or {}, settings, output
@@ -336,7 +333,7 @@ def run_evaluate(
         evaluation.model = str(model)
         summary.failed = len(evaluation.failed)
         summary.complete = True
-        out.write_summary({**asdict(summary), "rate": summary.rate})
+        out.write_summary({**asdict(summary), "rate": summary.rate, "busy_rate": summary.busy_rate})
     return evaluation, summary
 
 

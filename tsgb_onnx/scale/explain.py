@@ -64,7 +64,22 @@ class RunSummary:
     rows: int = 0  # result rows written by this run
     seconds: float = 0.0
     workers: dict = field(default_factory=dict)  # pid -> peak resident MiB
+    busy: dict = field(default_factory=dict)  # pid -> seconds spent in batches
     complete: bool = False
+
+    def add(self, row: dict) -> None:
+        """Count one worker summary row (one input)."""
+        pid = int(row["pid"])
+        self.now += 1
+        self.rows += int(row["rows"])
+        self.workers[pid] = max(self.workers.get(pid, 0.0), float(row["rss_mb"]))
+        self.busy[pid] = self.busy.get(pid, 0.0) + float(row["seconds"])
+
+    @property
+    def busy_rate(self) -> float:
+        """Inputs per second while the workers ran (the busiest worker's time: Ray's and
+        the actors' start left out)."""
+        return self.now / max(max(self.busy.values(), default=0.0), 1e-9)
 
     @property
     def rate(self) -> float:
@@ -479,17 +494,13 @@ def run_explain(
             if todo:
                 job = ExplainJob(**{**asdict(job), "threads": job.threads or cluster.threads})
             for row in _map(ray, todo, ExplainWorker, data, asdict(job), job.batch_size, cluster):
-                summary.now += 1
-                summary.rows += int(row["rows"])
-                summary.workers[int(row["pid"])] = max(
-                    summary.workers.get(int(row["pid"]), 0.0), float(row["rss_mb"])
-                )
+                summary.add(row)
         summary.seconds = time.perf_counter() - start
         summary.failed = _count_errors(out.root)
         summary.complete = True
         if "html" in job.formats:
             write_index(out.root, job, records)
-        out.write_summary({**asdict(summary), "rate": summary.rate, "workers": summary.workers})
+        out.write_summary({**asdict(summary), "rate": summary.rate, "busy_rate": summary.busy_rate})
     return summary
 
 

@@ -23,28 +23,63 @@ class OutOfMemoryError(TsgbError, MemoryError):
 
 
 class UnsupportedOpError(ModelError):
-    """A node on the backward path has no rule in the chosen method."""
+    """A node on the backward path has no rule in the chosen method.
+
+    `method` is the rule method whose backward lacks the rule; `reader`, when set, the map
+    method that reads that backward, and `chosen` the method the user chose (`reader`
+    itself, or a wrapper running `reader` as its base): the message then starts with it."""
 
     def __init__(
-        self, method: str, nodes: list[tuple[str, str]], dtypes: dict[str, str] | None = None
+        self,
+        method: str,
+        nodes: list[tuple[str, str]],
+        dtypes: dict[str, str] | None = None,
+        reader: str | None = None,
+        where: str = "",
+        hint: str = "",
+        chosen: str | None = None,
     ):
         self.method = method
         self.nodes = nodes
-        dtypes = dtypes or {}
+        self.dtypes = dtypes or {}
+        self.reader = reader
+        self.chosen = chosen or reader
+        self.where = where
+        self.hint = hint
+        super().__init__(self._message())
 
+    def _message(self) -> str:
         def shown(name: str, op: str) -> str:
-            return (
-                f"node '{name}' ({op}, {dtypes[name]})"
-                if name in dtypes
-                else f"node '{name}' ({op})"
-            )
+            kind = f"{op}, {self.dtypes[name]}" if name in self.dtypes else op
+            return f"node '{name}' ({kind})"
 
+        nodes = self.nodes
         listed = ", ".join(shown(name, op) for name, op in nodes[:8])
         more = f" and {len(nodes) - 8} more" if len(nodes) > 8 else ""
-        super().__init__(
-            f"method '{method}' has no backward rule for {listed}{more}; "
-            "see `tsgb inspect MODEL` for the supported op types"
+        if self.reader is None:
+            return (
+                f"method '{self.method}' has no backward rule for {listed}{more}; "
+                "see `tsgb inspect MODEL` for the supported op types"
+            )
+        verb, it = ("has", "it") if len(nodes) == 1 else ("have", "them")
+        who = self.reader if self.chosen == self.reader else f"its base {self.reader}"
+        where = f" {self.where}" if self.where else ""
+        hint = self.hint or f"see `tsgb inspect MODEL --method {self.chosen}`"
+        return (
+            f"{self.chosen}: {listed}{more} {verb} no backward rule, and {who} reads the "
+            f"'{self.method}' backward through {it}{where}; {hint}"
         )
+
+    def read_by(self, reader: str, where: str = "", hint: str = "") -> UnsupportedOpError:
+        """This error as the map method `reader` meets it: it reads this backward `where`
+        (e.g. "from the logits down to layer 'x'"); `hint` replaces the default advice. An
+        error some map method already read stays that method's, with `reader` as the one
+        chosen (a wrapper running it as its base)."""
+        if self.reader is not None:
+            return UnsupportedOpError(
+                self.method, self.nodes, self.dtypes, self.reader, self.where, self.hint, reader
+            )
+        return UnsupportedOpError(self.method, self.nodes, self.dtypes, reader, where, hint)
 
 
 class InputError(TsgbError, ValueError):

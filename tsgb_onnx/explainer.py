@@ -31,6 +31,7 @@ from tsgb_onnx.errors import (
     NonFiniteError,
     TargetError,
     TsgbError,
+    UnsupportedOpError,
 )
 from tsgb_onnx.io.frameworks import ExportedModel, export_framework_model, framework_of
 from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants
@@ -98,10 +99,9 @@ class Explainer:
         example: Any = None,
         **options: Any,
     ):
-        self.method: Method | MapMethod = get_method(method)
+        chosen = get_method(method)  # an unknown name fails before any export
         if isinstance(model, _Shared):  # a sub-explainer: same graph, recorder and caches
-            self._shared = model
-            self.backend = model.backend
+            shared = model
         else:
             exported = None
             if framework_of(model) is not None:
@@ -112,12 +112,21 @@ class Explainer:
                     "example= is the input a PyTorch module is exported on; this model is "
                     "already ONNX: leave example out"
                 )
-            self._shared = _shared(model, providers, output, threads, backend, device)
-            self._shared.exported = exported
-            self.backend = self._shared.backend
-        self._given = apply_aliases(self.method.name, self.method.aliases, dict(options))
-        self.options = self.method.resolve_options(self._layer_options(self._given))
-        self._init_method()
+            shared = _shared(model, providers, output, threads, backend, device)
+            shared.exported = exported
+        self._attach(shared, chosen, options)
+        self._plan_method()
+
+    def _attach(self, shared: _Shared, method: Method | MapMethod, options: dict) -> None:
+        """Set up `method` with `options` on `shared` (nothing planned yet)."""
+        self.method = method
+        self._shared = shared
+        self.backend = shared.backend
+        self._given = apply_aliases(method.name, method.aliases, dict(options))
+        self.options = method.resolve_options(self._layer_options(self._given))
+        self._programs: dict[tuple, Program] = {}
+        self._compiled: dict[tuple, object] = {}
+        self._planned = False
 
     # what every explainer on this model shares
     graph = property(lambda self: self._shared.graph)
@@ -126,13 +135,57 @@ class Explainer:
     device = property(lambda self: self._shared.device)
     threads = property(lambda self: self._shared.threads)
 
-    def _init_method(self) -> None:
-        self._programs: dict[tuple, Program] = {}
-        self._compiled: dict[tuple, object] = {}
+    def _plan_method(self) -> None:
+        """Plan now what explaining will run, so an op without a rule fails before anything
+        runs: a one-pass method from the logits down to the model input; a map method, its
+        backward down to the tensors it reads (`MapMethod.needed_layers`) and its base."""
+        if self._planned:
+            return
         if isinstance(self.method, Method):
-            self.program()  # plan now: an unsupported op fails before anything runs
+            self.program()
         else:
-            self.sub_explainer(self.method.backward)  # its rules must cover the graph
+            self._plan_map_method()
+        self._planned = True
+
+    def _plan_map_method(self) -> None:
+        """Plan the map method's backward down to its layers, then build its base method
+        (a wrapper's); an op without a rule is an error naming this method."""
+        method = self.method
+        layers = method.needed_layers(self.graph, self.options)
+        if layers:
+            try:
+                self._backward_explainer().program(layers[0], tuple(layers))
+            except UnsupportedOpError as exc:
+                raise exc.read_by(method.name, *self._advice(layers)) from None
+        base = method.base_method(self.options)
+        if base is None or getattr(self.method_named(base[0]), "pass_options", False):
+            return  # a wrapper of a wrapper: its own checks refuse it when it runs
+        try:
+            self.sub_explainer(base[0], **base[1])
+        except UnsupportedOpError as exc:
+            raise exc.read_by(method.name, *self._advice([self.graph.input_name])) from None
+
+    def _advice(self, layers: Sequence[str]) -> tuple[str, str]:
+        """Where a map method reads its backward (`layers`) and what to do when an op on the
+        way has no rule: a layer between that op and the logits, unless it needs the input."""
+        graph = self.graph
+        if graph.input_name in layers:
+            return (
+                f"from the logits down to the model input '{graph.input_name}'",
+                f"choose a method that reads a layer above it (gradcam, groupcam, normgrad), "
+                f"or see `tsgb inspect MODEL --method {self.method.name}`",
+            )
+        shown = ", ".join(f"'{t}'" for t in layers[:3]) + (" ..." if len(layers) > 3 else "")
+        noun = "layer" if len(layers) == 1 else "layers"
+        return (
+            f"from the logits down to {noun} {shown}",
+            "choose a layer between it and the logits (`tsgb inspect MODEL --tensors` lists them)",
+        )
+
+    def _backward_explainer(self) -> Explainer:
+        """The explainer of this map method's `backward` rule method, planned only for the
+        layers asked of it (not down to the input)."""
+        return self._sub(self.method.backward, {}, plan=False)
 
     def tensor_of(self, layer: Any) -> Any:
         """The ONNX tensor name(s) a layer name means: a tensor of the graph stays itself; a
@@ -162,10 +215,19 @@ class Explainer:
     def sub_explainer(self, method: str, **options: Any) -> Explainer:
         """An explainer for another method on the same graph and forward recorder
         (nothing is parsed again; built once per method and options)."""
+        return self._sub(method, options, plan=True)
+
+    def _sub(self, method: str, options: dict, plan: bool) -> Explainer:
+        """The shared sub-explainer of `method` with `options`; `plan`: planned as a new
+        explainer is (else each program is planned when first used)."""
         subs = self._shared.subs
         key = (method, tuple(sorted((k, _option_key(v)) for k, v in options.items())))
         if key not in subs:
-            subs[key] = Explainer(self._shared, method, **options)
+            sub = Explainer.__new__(Explainer)
+            sub._attach(self._shared, get_method(method), options)
+            subs[key] = sub
+        if plan:
+            subs[key]._plan_method()
         return subs[key]
 
     def on_model(self, model: ModelLike, method: str, **options: Any) -> Explainer:
@@ -311,7 +373,11 @@ class Explainer:
         returns the activation at `x`, not its difference from the reference.
         """
         if isinstance(self.method, MapMethod):
-            return self.sub_explainer(self.method.backward).signals(x, target, layers)
+            try:
+                return self._backward_explainer().signals(x, target, layers)
+            except UnsupportedOpError as exc:  # a layer given now, below an op without a rule
+                wanted = self.tensor_of(list(layers)) or [self.graph.input_name]
+                raise exc.read_by(self.method.name, *self._advice(wanted)) from None
         layers = tuple(dict.fromkeys(self.tensor_of(list(layers)))) or (self.graph.input_name,)
         x = self._check_input(x)
         session = self._compiled_session(layers[0], layers)

@@ -129,6 +129,8 @@ class ExplainerLike(Protocol):
 
 # compute(explainer, x, target, layer, options) -> Explanation
 MapCompute = Callable[[ExplainerLike, np.ndarray, TargetLike, "str | None", dict], Explanation]
+# needs(graph, options) -> the tensors at which the method reads its backward's signals
+LayerNeeds = Callable[[Graph, dict], Sequence[str]]
 
 
 @dataclass
@@ -140,6 +142,12 @@ class MapMethod:
     signals with `explainer.signals(...)` or runs other methods through
     `explainer.sub_explainer(name, **options)`. With `pass_options`, options this method
     does not define go to the method named by its option `base`.
+
+    `needs(graph, options)` names the tensors whose `backward` signals the method reads
+    (None: the model input): the explainer plans the backward from the logits down to them
+    when it is built, so an op without a rule below them does not matter
+    (`needed_layers`). A `pass_options` method also has its `base` planned then
+    (`base_method`).
     """
 
     name: str
@@ -153,8 +161,24 @@ class MapMethod:
     # the registry's lookup, set when registered (a map method names other methods)
     lookup: Callable[[str], Method | MapMethod] | None = field(default=None, repr=False)
     aliases: Aliases = field(default_factory=dict)  # other libraries' option names
+    needs: LayerNeeds | None = None  # the tensors it reads signals at (None: the input)
     reference = None
     single_pass = False
+
+    def needed_layers(self, graph: Graph, options: dict) -> list[str]:
+        """The tensors at which this method reads `backward` signals with `options` (in the
+        order it asks for them; empty: none of its own, e.g. a wrapper of `base`)."""
+        if self.needs is None:
+            return [graph.input_name]
+        return list(dict.fromkeys(self.needs(graph, options)))
+
+    def base_method(self, options: dict) -> tuple[str, dict] | None:
+        """The method a `pass_options` method runs (its option `base`) and the options it
+        passes on; None for other methods."""
+        if not self.pass_options:
+            return None
+        rest = {k: v for k, v in options.items() if k not in self.defaults}
+        return str(options.get("base")), rest
 
     def _named(self, name: str) -> Method | MapMethod:
         if self.lookup is None:

@@ -69,30 +69,95 @@ def _spatial_size(shape) -> int | None:
     return int(np.prod(dims))
 
 
-def default_cam_layer(graph: Graph) -> str:
-    """The last spatial tensor (rank >= 3, spatial size > 1) on the path to the logits:
-    the input of the global pooling / flattening that feeds the classifier (not the output
-    of a layout op such as the channels-last Transpose of a Keras export)."""
+def spatial_rank(graph: Graph) -> int | None:
+    """How many spatial axes the model input has (2 for images), None when unknown."""
+    shape = graph.input_shape
+    return len(shape) - 2 if shape and len(shape) >= 3 else None
+
+
+def block_outputs(graph: Graph) -> list[str]:
+    """The tensors every path from the input to the logits passes through (dominators: the
+    outputs of whole blocks, never of a branch inside one), in topological order.
+
+    Walking the nodes on the path in order, a tensor is one iff right after its producer
+    runs it is the only float tensor from the input still waiting for a consumer."""
     live = live_tensors(graph)
+    active = [
+        n
+        for n in graph.nodes
+        if any(t in live for t in n.inputs) and any(t in live for t in n.outputs)
+    ]
+    waiting: dict[str, int] = {}  # live tensor -> its consumers on the path not yet run
+    for node in active:
+        for t in set(node.inputs) & live:
+            waiting[t] = waiting.get(t, 0) + 1
+    pending = {graph.input_name} & set(waiting)
+    found = []
+    for node in active:
+        for t in set(node.inputs) & live:
+            waiting[t] -= 1
+            if not waiting[t]:
+                pending.discard(t)
+        made = [t for t in node.outputs if t in live]
+        pending.update(made)
+        if len(made) == 1 and pending == set(made):
+            found.append(made[0])
+    return found
+
+
+def _channels_first_shape(graph: Graph, tensor: str) -> tuple | None:
+    """`tensor`'s static shape with its channel axis at position 1 (None: unknown)."""
+    shape = graph.shapes.get(tensor)
+    if not shape:
+        return None
+    if len(shape) >= 3 and graph.channel_axis(tensor) == -1:
+        return (shape[0], shape[-1]) + tuple(shape[1:-1])
+    return tuple(shape)
+
+
+def default_cam_layer(graph: Graph) -> str:
+    """The default Grad-CAM layer: the last block output on the path to the logits (a tensor
+    every path from the input passes through; `block_outputs`) with the input's spatial
+    rank and spatial size > 1, not the output of a layout op such as the channels-last
+    Transpose of a Keras export. On a CNN this is the last block's output before the global
+    pooling; on a token net (ViT, MLP-Mixer) the patch-embedding map."""
+    rank = spatial_rank(graph)
     best = None
-    for node in graph.nodes:
-        if node.op_type in LAYOUT_OPS:
+    for out in block_outputs(graph):
+        if graph.producer[out].op_type in LAYOUT_OPS:
             continue
-        for out in node.outputs:
-            shape = graph.shapes.get(out)
-            if out not in live or not shape or len(shape) < 3:
-                continue
-            if graph.channel_axis(out) == -1:
-                shape = (shape[0], shape[-1]) + tuple(shape[1:-1])
-            spatial = _spatial_size(shape)
-            if spatial is None or spatial > 1:
-                best = out
+        shape = _channels_first_shape(graph, out)
+        if not shape or len(shape) < 3 or (rank is not None and len(shape) - 2 != rank):
+            continue
+        spatial = _spatial_size(shape)
+        if spatial is None or spatial > 1:
+            best = out
     if best is None:
+        axes = f"the input's {rank} spatial axes" if rank is not None else "spatial axes"
         raise MethodError(
-            "no spatial tensor (rank >= 3, spatial size > 1) feeds the logits: "
-            "choose the tensor with layer=NAME (CLI: --layer NAME)"
+            f"no spatial tensor (a block output with {axes}, spatial size > 1) "
+            "feeds the logits: choose the tensor with layer=NAME (CLI: --layer NAME)"
         )
     return best
+
+
+def check_feature_map(graph: Graph, method: str, layer: str, activation: np.ndarray) -> None:
+    """MethodError unless `activation` (the value of `layer`, channels first) is a feature
+    map [batch, channels, *spatial] with as many spatial axes as the model input."""
+    rank = spatial_rank(graph)
+    if activation.ndim >= 3 and rank in (None, activation.ndim - 2):
+        return
+    axes = "" if rank is None else f" with the input's {rank} spatial axes"
+    token = " (a token tensor [batch, tokens, channels]?)" if activation.ndim == 3 else ""
+    try:
+        default = default_cam_layer(graph)
+    except MethodError:
+        default = None
+    such = f", e.g. '{default}' (the default)" if default not in (None, layer) else ""
+    raise MethodError(
+        f"{method}: layer '{layer}' has shape {tuple(activation.shape)}, not [batch, channels, "
+        f"*spatial]{axes}{token}: choose a feature map{such}"
+    )
 
 
 def chunk_rows(explainer, batch_size: int) -> int:
@@ -147,16 +212,34 @@ def cam_layers(graph: Graph, layer) -> list[str]:
     return [layer] if isinstance(layer, str) else list(layer)
 
 
+def gradcam_layers(graph: Graph, options: dict) -> list[str]:
+    """The tensors Grad-CAM (and Group-CAM) reads with `options`: its `layer` option, else
+    the default layer; none when the graph has no default (explaining says why)."""
+    try:
+        return cam_layers(graph, options.get("layer"))
+    except MethodError:
+        return []
+
+
 def _cam(graph: Graph, layer: str, activation: np.ndarray, signal: np.ndarray) -> np.ndarray:
     a = channels_first(graph, layer, activation)
     g = channels_first(graph, layer, signal)
-    if a.ndim < 3:
-        raise MethodError(
-            f"gradcam: layer '{layer}' has shape {a.shape}, not "
-            "[batch, channels, *spatial]: choose a convolutional feature map"
-        )
+    check_feature_map(graph, "gradcam", layer, a)
     weights = g.mean(axis=tuple(range(2, a.ndim)), keepdims=True)
     return np.maximum((weights * a).sum(axis=1), 0.0)
+
+
+def _check_map_shape(saliency: np.ndarray, x_rows: int, size: tuple, mode: str) -> None:
+    """MethodError unless the map is [B, *input spatial] (upsample 'none': the layer's own
+    spatial size, with the input's spatial rank): a wrong-shaped map is never returned."""
+    rows, spatial = saliency.shape[0], saliency.shape[1:]
+    if rows == x_rows and len(spatial) == len(size) and (mode == "none" or spatial == size):
+        return
+    raise MethodError(
+        f"gradcam: the map has shape {saliency.shape}, not [{x_rows}, "
+        f"{', '.join(map(str, size))}] (the input's rows and spatial size): choose a "
+        "feature map with the input's spatial axes as the layer"
+    )
 
 
 def gradcam(explainer, x, target, layer, options):
@@ -178,6 +261,7 @@ def gradcam(explainer, x, target, layer, options):
             )
         scaled = [upsample(minmax_rows(c), size, mode) for c in cams]
         saliency = minmax_rows(np.mean(scaled, axis=0))
+    _check_map_shape(saliency, len(x), tuple(size), mode)
     return Explanation(
         saliency=saliency,
         signal=taken[layers[0]][1],
@@ -231,12 +315,17 @@ def bias_nodes(graph: Graph) -> list:
     return found
 
 
+def fullgrad_layers(graph: Graph, options: dict) -> list[str]:
+    """The tensors FullGrad reads: the model input, then every bias node's output."""
+    return [graph.input_name] + [n.outputs[0] for n in bias_nodes(graph)]
+
+
 def fullgrad(explainer, x, target, layer, options):
     graph = explainer.graph
     if layer not in (None, graph.input_name):
         raise MethodError("fullgrad builds its map at the model input: do not give a layer")
     nodes = bias_nodes(graph)
-    layers = [graph.input_name] + [n.outputs[0] for n in nodes]
+    layers = fullgrad_layers(graph, options)
     logits, targets, taken = explainer.signals(x, target, layers)
     activation, grad_x = taken[graph.input_name]
     saliency = normalise_rows(channels_first(graph, graph.input_name, grad_x * activation)).sum(1)

@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from tsgb_onnx.errors import MethodError
-from tsgb_onnx.methods.cam import channels_first, chunk_rows, default_cam_layer, resize_linear
+from tsgb_onnx.methods.cam import (
+    channels_first,
+    check_feature_map,
+    chunk_rows,
+    default_cam_layer,
+    resize_linear,
+)
 from tsgb_onnx.methods.result import Explanation
 
 
@@ -97,11 +103,7 @@ def groupcam(explainer, x, target, layer, options):
     layer = layer or options["layer"] or default_cam_layer(graph)
     logits, targets, taken = explainer.signals(x, target, [layer])
     activation, signal = (channels_first(graph, layer, t) for t in taken[layer])
-    if activation.ndim < 3:
-        raise MethodError(
-            f"groupcam: layer '{layer}' has shape {activation.shape}, not "
-            "[batch, channels, *spatial]: choose a convolutional feature map"
-        )
+    check_feature_map(graph, "groupcam", layer, activation)
     groups = int(options["groups"])
     if groups > activation.shape[1]:
         raise MethodError(

@@ -24,7 +24,13 @@ from tsgb_onnx.backends.numpy_ops import NumpyOps
 from tsgb_onnx.engine.program import live_tensors
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.ir.geometry import window_of
-from tsgb_onnx.methods.cam import channels_first, default_cam_layer, input_spatial, resize_linear
+from tsgb_onnx.methods.cam import (
+    channels_first,
+    check_feature_map,
+    default_cam_layer,
+    input_spatial,
+    resize_linear,
+)
 from tsgb_onnx.methods.meta_saliency import meta_explain
 from tsgb_onnx.methods.result import Explanation
 
@@ -54,6 +60,23 @@ def layer_list(value, graph, variant: str = "identity") -> list[str]:
     if not names:
         raise MethodError("normgrad: layers is empty: give tensor names, e.g. layers=a,b")
     return list(dict.fromkeys(names))
+
+
+def needed_layers(graph, options: dict) -> list[str]:
+    """The tensors (selective) NormGrad reads with `options`: its layers, with each Conv's
+    input for variant 'conv'; the model input with `meta_saliency` (the weight gradients);
+    none when the graph has no default layer (explaining says why)."""
+    if options["meta_saliency"]:
+        return [graph.input_name]
+    variant = options.get("variant", "identity")
+    try:
+        layers = layer_list(options["layers"], graph, variant)
+    except MethodError:
+        return []
+    if variant == "conv":
+        producers = (graph.producer.get(t) for t in layers)
+        layers += [n.inputs[0] for n in producers if n is not None and n.op_type == "Conv"]
+    return layers
 
 
 def _channel_norm(a: np.ndarray) -> np.ndarray:
@@ -126,11 +149,7 @@ def _layer_maps(explainer, x, target, layers, variant, selective):
     maps = {}
     for layer in layers:
         act, sig = (channels_first(graph, layer, t) for t in taken[layer])
-        if act.ndim < 3:
-            raise MethodError(
-                f"normgrad: layer '{layer}' has shape {act.shape}, not "
-                "[batch, channels, *spatial]: choose a feature map"
-            )
+        check_feature_map(graph, "normgrad", layer, act)
         if variant == "conv":
             node = conv_nodes[layer]
             x_in = channels_first(graph, node.inputs[0], taken[node.inputs[0]][0])

@@ -6,6 +6,7 @@ their computations only; this table names them, with their options and descripti
 
 from __future__ import annotations
 
+from tsgb_onnx.ir.graph import Graph
 from tsgb_onnx.methods import averaging, cam, groupcam, meta_saliency, normgrad
 from tsgb_onnx.methods.base import MapMethod, Method, MethodRegistry
 from tsgb_onnx.rules import baselines, deeplift, ebp, lrp, tsgb
@@ -99,16 +100,30 @@ register_method(
 )
 
 # -- map methods: forward passes and backward signals combined -------------------------------
+# `needs`: the tensors whose backward signals a map method reads, planned when an explainer
+# is built (None: the model input)
+
+
+def _none(graph: Graph, options: dict) -> list[str]:
+    return []
+
+
+def _input_only(graph: Graph, options: dict) -> list[str]:
+    return [graph.input_name]
+
+
 register_method(
     MapMethod(
         "gradcam",
         cam.gradcam,
         defaults={"layer": None, "upsample": "bilinear"},
         description="Grad-CAM: ReLU(sum_k mean(G_k) A_k) at a feature map, upsampled (bilinear, "
-        "nearest or none); layer default: the last spatial tensor before global pooling; "
-        "several layers: their min-max scaled maps averaged",
+        "nearest or none); layer default: the last block output with the input's spatial "
+        "axes (ViT / Mixer: the patch-embedding map); several layers: their min-max scaled "
+        "maps averaged",
         check_options=cam.check_layer,
         several_layers=True,
+        needs=cam.gradcam_layers,
     )
 )
 register_method(
@@ -118,6 +133,7 @@ register_method(
         defaults={},
         description="FullGrad: |x * grad| plus |G[z] * b| of every Conv/BatchNormalization bias, "
         "each normalised per image, upsampled and summed",
+        needs=cam.fullgrad_layers,
     )
 )
 register_method(
@@ -135,6 +151,7 @@ register_method(
         description="Group-CAM: grouped Grad-CAM masks scored by the softmax gain of masked "
         "inputs over a blurred baseline (one batched forward)",
         check_options=groupcam.check_options,
+        needs=cam.gradcam_layers,
     )
 )
 register_method(
@@ -145,6 +162,7 @@ register_method(
         description="NormGrad: ||g|| ||x|| per location (virtual identity layer) or "
         "||g_out|| ||unfold(x_in)|| at an existing conv; several layers combined",
         check_options=normgrad.check_options,
+        needs=normgrad.needed_layers,
     )
 )
 register_method(
@@ -154,6 +172,7 @@ register_method(
         defaults=dict(normgrad.COMMON_DEFAULTS),
         description="selective NormGrad: ||(g ⊙ x)_+|| per location; several layers combined",
         check_options=normgrad.check_options,
+        needs=normgrad.needed_layers,
     )
 )
 register_method(
@@ -165,6 +184,7 @@ register_method(
         "towards the target (options of the base method pass through)",
         check_options=meta_saliency.check_options,
         pass_options=True,
+        needs=_input_only,  # the weight gradients; the base is planned as itself
     )
 )
 register_method(
@@ -190,6 +210,7 @@ register_method(
         "sigma_mode='absolute')",
         check_options=averaging.check_smoothgrad,
         pass_options=True,
+        needs=_none,  # only its base reads a backward
     )
 )
 register_method(
@@ -213,5 +234,6 @@ register_method(
         "over `steps` points from the baseline to x (quadrature midpoint or gausslegendre)",
         check_options=averaging.check_integrated_gradients,
         pass_options=True,
+        needs=_none,  # only its base reads a backward
     )
 )

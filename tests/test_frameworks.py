@@ -229,3 +229,26 @@ def test_keras_layer_names():
     assert np.abs(result.saliency - cam).max() / np.abs(cam).max() < 1e-4
     with pytest.raises(ModelError, match="layer name of the model"):
         ex.explain(x, layer="block9_conv")
+
+
+def test_a_batchnorm_folded_into_a_conv_subclass_is_named():
+    """Zoo code subclasses nn.Conv2d (e.g. a TF-"same"-padding conv): the folded norm's name
+    still gives the fused conv's output, as with a plain nn.Conv2d."""
+
+    class SameConv2d(torch.nn.Conv2d):
+        pass
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        SameConv2d(3, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    x = torch.randn(1, 3, 8, 8)
+    ex = Explainer(model, example=x, method="gradcam", layer="1")
+    assert ex.options["layer"] == ex.tensor_of("1")
+    with pytest.raises(ModelError, match="folded the BatchNorm '1'"):
+        ex.tensor_of("0")

@@ -119,7 +119,7 @@ def _module_calls(module: Any, example: Any) -> dict[str, _Call]:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
         seen = calls.get(name)
         count = (seen.count if seen else 0) + 1
-        calls[name] = _Call(tuple(stack), count, shape, type(mod).__name__, len(calls))
+        calls[name] = _Call(tuple(stack), count, shape, _kind(mod), len(calls))
         stack.pop()
 
     for _, mod in module.named_modules():
@@ -132,6 +132,19 @@ def _module_calls(module: Any, example: Any) -> dict[str, _Call]:
         for handle in handles:
             handle.remove()
     return calls
+
+
+def _kind(module: Any) -> str:
+    """"Conv…" / "BatchNorm…" for any subclass of torch's (e.g. a "same"-padding Conv2d),
+    else the class name."""
+    import torch
+
+    name = type(module).__name__
+    if isinstance(module, torch.nn.modules.conv._ConvNd) and not name.startswith("Conv"):
+        return "Conv:" + name
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith("Batch"):
+        return "BatchNorm:" + name
+    return name
 
 
 def _follow_folded_norms(calls: dict[str, _Call], layers: dict, refused: dict) -> None:

@@ -12,6 +12,7 @@ from tsgb_onnx.errors import (
     UnsupportedOpError,
 )
 from tsgb_onnx.explainer import Explainer, Explanation
+from tsgb_onnx.methods.result import DenseTarget
 from tsgb_onnx.methods.table import available_methods
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Explainer",
     "Explanation",
+    "DenseTarget",
     "available_methods",
     "TsgbError",
     "ModelError",

@@ -13,6 +13,7 @@ import numpy as np
 from tsgb_onnx.backends.compile import (
     ACTIVATION,
     SALIENCY,
+    SEED,
     SIGNAL,
     TAP_SIGNAL,
     TAP_VALUE,
@@ -36,14 +37,30 @@ from tsgb_onnx.errors import (
 from tsgb_onnx.io.frameworks import ExportedModel, export_framework_model, framework_of
 from tsgb_onnx.ir.graph import Graph, ModelLike, build_graph, check_finite_constants
 from tsgb_onnx.methods.base import MapMethod, Method, apply_aliases
-from tsgb_onnx.methods.result import Explanation, TargetLike, resolve_targets
+from tsgb_onnx.methods.result import (
+    Explanation,
+    TargetLike,
+    dense_seed,
+    is_dense_target,
+    resolve_dense_targets,
+    resolve_targets,
+)
 from tsgb_onnx.methods.table import get_method
+from tsgb_onnx.rules.tsgb import final_linear_node
 
 __all__ = ["Explainer", "Explanation", "resolve_targets", "BACKENDS", "EngineFallbackWarning"]
 
 BACKENDS = ("auto", "compiled", "numpy")
 NORMALIZATIONS = ("none", "minmax", "abs-max")
 # options naming tensors: framework layer names given there resolve like `layer=`
+# methods that need a class of [batch, classes] logits, and why (a DenseTarget is refused)
+_DENSE_REFUSALS = {
+    "contrastive_ebp": "its dual unit contrasts one class with the other classes of the "
+    "classifier layer, and a channel summed over positions has no such dual",
+    "groupcam": "it scores its masks by a class's softmax probability over [batch, classes] "
+    "logits, which a dense output does not have",
+    "meta_saliency": "its weight step is taken towards one class logit per image",
+}
 _LAYER_OPTIONS = ("layer", "layers")
 
 
@@ -276,6 +293,8 @@ class Explainer:
         **options: Any,
     ) -> Explanation:
         """Saliency of `target` (None: top-1 per row; int; or one per row) for batch `x`.
+        A dense output (segmentation map [B, C, H, W], ...) takes a `DenseTarget(channel,
+        mask=..., box=...)` or one per row: the score is the channel summed over the mask.
 
         `x`: a NumPy array, or a torch tensor (the result's arrays are then CPU tensors).
         `layer`: a tensor name or, for a framework model, a module / layer name (gradcam:
@@ -331,6 +350,7 @@ class Explainer:
 
     def _explain(self, x: np.ndarray, target: TargetLike, layer) -> Explanation:
         layer = self.tensor_of(layer)
+        dense = self._dense_target(target)
         if isinstance(layer, list) and not getattr(self.method, "several_layers", False):
             hint = (
                 "explain_layers(x, layers) for several from one backward pass"
@@ -344,7 +364,7 @@ class Explainer:
             result = self.method.compute(self, x, target, layer, self.options)
             result.method = self.method.name
         else:
-            session = self._compiled_session(layer)
+            session = self._compiled_session(layer, dense=dense)
             if session is not None:
                 result = self._explain_compiled(session, x, target, layer)
             else:
@@ -357,7 +377,7 @@ class Explainer:
         program, logits, values, shapes = self._record(x, layer)
         self._check_finite(x, {"logits": logits})  # before a backward pass through NaN
         targets = self.targets(target, logits)
-        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+        seed = self._seed(targets, logits)
         activation = self._activation(values, program.layer, program.reference)
         signal = self._backward(program, values, shapes, seed)
         return self._finish(signal, activation, logits, targets, program)
@@ -380,7 +400,7 @@ class Explainer:
                 raise exc.read_by(self.method.name, *self._advice(wanted)) from None
         layers = tuple(dict.fromkeys(self.tensor_of(list(layers)))) or (self.graph.input_name,)
         x = self._check_input(x)
-        session = self._compiled_session(layers[0], layers)
+        session = self._compiled_session(layers[0], layers, self._dense_target(target))
         if session is not None:
             logits, targets, taken = self._signals_compiled(session, x, target, layers)
         else:
@@ -394,7 +414,7 @@ class Explainer:
         program, logits, values, shapes = self._record(x, layers[0], layers)
         self._check_finite(x, {"logits": logits})
         targets = self.targets(target, logits)
-        seed = self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+        seed = self._seed(targets, logits)
         activations = {t: values[t] for t in layers}
         tapped: dict = {}
         self._backward(program, values, shapes, seed, tapped)
@@ -403,17 +423,29 @@ class Explainer:
         return np.asarray(logits), targets, taken
 
     def _signals_compiled(self, session, x, target, layers):
-        fed = self._fed_targets(session, x, target)
+        feeds, fed = self._session_feeds(session, x, target)
         names = [self.graph.logits_name]
         for i in range(len(layers)):
             names += [TAP_VALUE.format(i), TAP_SIGNAL.format(i)]
-        logits, *tapped = self.recorder.run_session(
-            session, names, {self.graph.input_name: self.recorder.feed(x), TARGET: fed}
-        )
+        logits, *tapped = self.recorder.run_session(session, names, feeds)
         logits = to_float32(logits)
-        targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
+        targets = _session_targets(fed, logits)
         taken = {t: (tapped[2 * i], tapped[2 * i + 1]) for i, t in enumerate(layers)}
         return logits, targets, taken
+
+    def _session_feeds(self, session, x, target) -> tuple[dict, np.ndarray]:
+        """The compiled explainer's feeds for `x` and `target`, and the targets as fed: class
+        indices (-1: top-1), or resolved DenseTargets whose seed is fed as `seed`."""
+        feeds = {self.graph.input_name: self.recorder.feed(x)}
+        if not is_dense_target(target):
+            fed = self._fed_targets(session, x, target)
+            feeds[TARGET] = fed
+            return feeds, fed
+        seed_meta = next(i for i in session.get_inputs() if i.name == SEED)
+        shape = (x.shape[0],) + tuple(int(d) for d in seed_meta.shape[1:])
+        fed = resolve_dense_targets(target, shape, self._dense_axis())
+        feeds[SEED] = dense_seed(fed, shape)
+        return feeds, fed
 
     def _fed_targets(self, session, x, target) -> np.ndarray:
         """The compiled explainer's `target` input: one class per row, -1 for top-1 (the
@@ -437,13 +469,71 @@ class Explainer:
             ) from None
 
     def targets(self, target: TargetLike, logits: np.ndarray) -> np.ndarray:
-        """Per-row target classes for `logits` (None: top-1; an int; one per row)."""
+        """Per-row target classes for `logits` (None: top-1; an int; one per row); for a
+        dense output and DenseTarget(s), the resolved DenseTarget of each row ([B] objects)."""
+        if is_dense_target(target):
+            return resolve_dense_targets(target, np.shape(logits), self._dense_axis())
         if logits.ndim != 2:
-            raise TargetError(
-                f"the logits '{self.graph.logits_name}' have shape {logits.shape}, not "
+            raise TargetError(self._dense_output_message(logits.shape))
+        return resolve_targets(target, logits)
+
+    def _seed(self, targets: np.ndarray, logits):
+        """The backward's seed at the logits: one_hot(targets), or for resolved DenseTargets
+        each row's channel one-hot x mask."""
+        if targets.dtype == object:
+            return self.ops.asarray(dense_seed(targets, logits.shape), dtype=logits.dtype)
+        return self.ops.one_hot(targets, logits.shape[1], dtype=logits.dtype)
+
+    def _dense_axis(self) -> int:
+        """The dense output's default channel axis: 1, or -1 when it is channels-last."""
+        return self.graph.channel_axis(self.graph.logits_name)
+
+    def _dense_target(self, target: TargetLike) -> bool:
+        """Whether `target` is dense: a MethodError when the method needs a class, a
+        TargetError for a class target on an output that is not [batch, classes]."""
+        if is_dense_target(target):
+            refusal = self._dense_refusal()
+            if refusal is not None:
+                raise MethodError(refusal)
+            return True
+        shape = self.graph.shapes.get(self.graph.logits_name)
+        if shape is not None and len(shape) > 2:
+            raise TargetError(self._dense_output_message(shape))
+        return False
+
+    def _dense_output_message(self, shape) -> str:
+        """Why a class target does not apply to logits of `shape` (not [batch, classes])."""
+        shown = "[" + ", ".join(str(d) if isinstance(d, int) else "batch" for d in shape) + "]"
+        if len(shape) < 3:
+            return (
+                f"the logits '{self.graph.logits_name}' have shape {shown}, not "
                 "[batch, classes]: choose the classifier output with output=NAME"
             )
-        return resolve_targets(target, logits)
+        return (
+            f"the output '{self.graph.logits_name}' has shape {shown}, not [batch, classes], "
+            "so a class target does not apply: explain a channel over output positions with "
+            "target=tsgb_onnx.DenseTarget(channel, mask=..., box=...) (CLI: --target CHANNEL "
+            "--target-mask MASK.png or --target-box y0,x0,y1,x1), or choose a classifier "
+            "output with output=NAME"
+        )
+
+    def _dense_refusal(self) -> str | None:
+        """Why this explainer's method cannot explain a DenseTarget, or None."""
+        name = self.method.name
+        why = _DENSE_REFUSALS.get(name)
+        if name in ("normgrad", "selective_normgrad") and self.options.get("meta_saliency"):
+            why = _DENSE_REFUSALS["meta_saliency"]
+        if name == "tsgb" and final_linear_node(self.graph) is not None:
+            why = (
+                "its final-layer rule TSGB-FC (eq. 1-2) rectifies a Gemm/MatMul producing "
+                f"[batch, classes] logits, and such a layer produces '{self.graph.logits_name}'"
+            )
+        if why is None:
+            return None
+        return (
+            f"method '{name}' does not apply to a dense output: {why}; use gradient, "
+            "input_x_gradient, guided_backprop, smoothgrad, integrated_gradients or gradcam"
+        )
 
     def _activation(self, values: dict, layer: str, reference: bool):
         """The layer's value; for a reference method, its difference from the reference."""
@@ -452,16 +542,16 @@ class Explainer:
         return values[layer]
 
     # -- the compiled path: the explainer model of `convert`, one ONNX Runtime session ----------
-    def _compiled_session(self, layer: str | None, taps: tuple[str, ...] = ()):
+    def _compiled_session(self, layer: str | None, taps: tuple[str, ...] = (), dense: bool = False):
         """The compiled explainer for `layer` and `taps` (built on first use), or None for
-        the engine."""
+        the engine; `dense`: the one fed a DenseTarget's seed."""
         if self.backend == "numpy":
             return None
-        key = (layer, taps)
+        key = (layer, taps, "dense") if dense else (layer, taps)
         if key not in self._compiled:
             self.program(layer, taps)  # a bad layer fails here with the planner's message
             try:
-                model = compile_explainer(self.graph, self.method, self.options, layer, taps)
+                model = compile_explainer(self.graph, self.method, self.options, layer, taps, dense)
                 self._compiled[key] = self.recorder.session_for(model, self.threads)
             except ModelError as exc:  # e.g. dynamic image sizes: the engine copes
                 if self.backend == "compiled":
@@ -480,14 +570,12 @@ class Explainer:
             warnings.warn(message, EngineFallbackWarning, stacklevel=5)
 
     def _explain_compiled(self, session, x, target, layer) -> Explanation:
-        fed = self._fed_targets(session, x, target)
+        feeds, fed = self._session_feeds(session, x, target)
         saliency, signal, logits, activation = self.recorder.run_session(
-            session,
-            [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION],
-            {self.graph.input_name: self.recorder.feed(x), TARGET: fed},
+            session, [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION], feeds
         )
         logits = to_float32(logits)
-        targets = np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
+        targets = _session_targets(fed, logits)
         return Explanation(
             saliency=saliency,
             signal=signal,
@@ -561,8 +649,8 @@ class Explainer:
         only then are the forward pass and (with `targets` or `seed`) the backward diagnosed."""
         for what, value in outputs.items():
             if value is not None and not np.isfinite(value).all():
-                if seed is None and targets is not None:  # the one-hot seed of `targets`
-                    seed = np.eye(outputs["logits"].shape[1], dtype=np.float32)[targets]
+                if seed is None and targets is not None:  # the seed of `targets`
+                    seed = _seed_array(targets, outputs["logits"])
                 raise NonFiniteError(self._diagnose(x, what, np.asarray(value), layer, seed))
 
     def _diagnose(self, x, what: str, value: np.ndarray, layer, seed) -> str:
@@ -696,9 +784,24 @@ def _to_torch(result: Explanation) -> Explanation:
 
     for name in ("saliency", "signal", "logits", "target", "activation"):
         value = getattr(result, name)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and value.dtype != object:  # DenseTargets stay
             setattr(result, name, torch.from_numpy(np.ascontiguousarray(value)))
     return result
+
+
+def _session_targets(fed: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The targets a compiled explainer explained: a fed class (< 0: the row's top-1), or
+    the resolved DenseTargets."""
+    if fed.dtype == object:
+        return fed
+    return np.where(fed < 0, np.argmax(logits, axis=1), fed).astype(np.int64)
+
+
+def _seed_array(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The NumPy seed of resolved `targets` at `logits` (class one-hots or dense masks)."""
+    if targets.dtype == object:
+        return dense_seed(targets, np.shape(logits))
+    return np.eye(logits.shape[1], dtype=np.float32)[targets]
 
 
 def _normalized(saliency: np.ndarray, how: str) -> np.ndarray:

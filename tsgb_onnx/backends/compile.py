@@ -7,6 +7,7 @@ The nodes are appended to the (canonicalised) model itself, so the explainer run
 ONNX runtime with no tsgb_onnx code on the path:
 
     inputs:  the model input, and optional int64 `target` [B] or [1] (< 0 or not fed: top-1)
+             (a dense-target explainer: float32 `seed` of the output's shape instead)
     outputs: the model's own outputs, `saliency` [B, *spatial], and `signal` (keep_signal)
 """
 
@@ -46,11 +47,13 @@ def compile_explainer(
     options: dict,
     layer: str | None,
     taps: tuple[str, ...] = (),
+    dense: bool = False,
 ) -> onnx.ModelProto:
     """The explainer model `Explainer` runs: outputs `saliency`, `signal`, `activation` and
     the logits, plus the signal and value of every tap (`TAP_SIGNAL` / `TAP_VALUE`). A method
     with a constant reference input (DeepLIFT's baseline) gets the reference forward pass
-    as a renamed copy of the model's nodes."""
+    as a renamed copy of the model's nodes. `dense`: the backward's seed is the input `seed`
+    (a dense output's channel one-hot x mask, any output shape) instead of one_hot(target)."""
     return compile_model(
         graph,
         method,
@@ -61,6 +64,7 @@ def compile_explainer(
         seed_input=False,
         expose_logits=True,
         taps=tuple(taps),
+        dense_seed=dense,
     )
 
 
@@ -83,9 +87,11 @@ def compile_model(
     expose_logits: bool = False,
     optional_target: bool = False,
     taps: tuple[str, ...] = (),
+    dense_seed: bool = False,
 ) -> onnx.ModelProto:
     """Emit `method`'s reverse program (options already resolved) into the model.
-    `optional_target`: `target` gets the default [-1] (top-1), so it may be left unfed."""
+    `optional_target`: `target` gets the default [-1] (top-1), so it may be left unfed.
+    `dense_seed`: every output of an explainer, but seeded from the input `seed`."""
     if isinstance(model, Graph):  # already loaded and canonicalised (Explainer)
         graph, proto = model, model.model
     else:
@@ -98,7 +104,9 @@ def compile_model(
     while True:
         if needed > graph.opset:
             graph = _upgraded(proto, needed, output, original_opset)
-        emitted = _emit(graph, method, options, layer, keep_signal, seed_input, expose_logits, taps)
+        emitted = _emit(
+            graph, method, options, layer, keep_signal, seed_input, expose_logits, taps, dense_seed
+        )
         if emitted.builder.required_opset <= graph.opset:
             break
         needed = emitted.builder.required_opset
@@ -119,6 +127,7 @@ def compile_model(
         original_opset,
         expose_logits,
         optional_target,
+        dense_seed,
     )
 
 
@@ -231,13 +240,15 @@ def _emit(
     seed_input,
     keep_activation: bool = False,
     taps: tuple[str, ...] = (),
+    dense_seed: bool = False,
 ) -> _Emitted:
     program = plan(graph, method, options, layer, taps)
     plain = (graph.logits_name, program.layer) + program.record + program.record_shapes + taps
     shapes = runtime_shapes(graph, [t.removeprefix(REFERENCE) for t in plain])
     shapes.update({t: shapes[t.removeprefix(REFERENCE)] for t in plain})
     taken = _taken_names(graph.model)
-    wanted = [SEED] if seed_input else [TARGET, SALIENCY] + ([SIGNAL] if keep_signal else [])
+    wanted = [SEED] if seed_input else [SEED if dense_seed else TARGET, SALIENCY]
+    wanted += [SIGNAL] if keep_signal and not seed_input else []
     wanted += [ACTIVATION] if keep_activation else []
     wanted += [f.format(i) for i in range(len(taps)) for f in (TAP_SIGNAL, TAP_VALUE)]
     clash = [n for n in wanted if n in taken]
@@ -258,12 +269,14 @@ def _emit(
     values = {t: forward(t) for t in program.record}
     shape_reads = {t: shapes[t] for t in program.record_shapes}
     logits = forward(graph.logits_name)
-    if not seed_input and len(logits.shape) != 2:
+    if not seed_input and not dense_seed and len(logits.shape) != 2:
         raise ModelError(
             f"the logits '{graph.logits_name}' have shape {logits.shape}, not [batch, classes]: "
             "choose the classifier output with output=NAME (CLI: --output NAME)"
         )
-    if seed_input:
+    if dense_seed:
+        _check_seed_shape(graph, logits.shape)
+    if seed_input or dense_seed:
         seed = Sym(SEED, logits.shape, np.float32)
         valid = None
     else:
@@ -281,8 +294,9 @@ def _emit(
     product = ops.mul(signal, activation)
     saliency = ops.sum(product, axis=graph.channel_axis(program.layer)) if rank > 1 else product
     saliency = _materialize(ops, saliency)
-    mask = ops.reshape(valid, (valid.shape[0],) + (1,) * (len(saliency.shape) - 1))
-    saliency = ops.where(mask, saliency, float("nan"))
+    if valid is not None:  # a target seed: rows with a bad target get a NaN map
+        mask = ops.reshape(valid, (valid.shape[0],) + (1,) * (len(saliency.shape) - 1))
+        saliency = ops.where(mask, saliency, float("nan"))
     outputs = [(saliency, SALIENCY)]
     if keep_signal:
         outputs.append((_materialize(ops, signal), SIGNAL))
@@ -292,6 +306,19 @@ def _emit(
         outputs.append((_materialize(ops, tapped[t]), TAP_SIGNAL.format(i)))
         outputs.append((_materialize(ops, tap_values[t]), TAP_VALUE.format(i)))
     return _Emitted(builder, outputs, program, logits.shape)
+
+
+def _check_seed_shape(graph: Graph, shape: tuple) -> None:
+    """A fed seed needs the output's shape as an input: the batch first (or fixed), every
+    other dimension fixed (ModelError otherwise: the engine explains such a model)."""
+    batch_ok = bool(shape) and (
+        isinstance(shape[0], int) or (isinstance(shape[0], Batch) and shape[0].k == 1)
+    )
+    if not batch_ok or any(not isinstance(d, int) for d in shape[1:]):
+        raise ModelError(
+            f"the output '{graph.logits_name}' has shape {shape}, which a fed seed cannot "
+            "match for every batch size"
+        )
 
 
 def _emit_reference_pass(
@@ -412,6 +439,7 @@ def _assemble(
     original_opset: int,
     expose_logits: bool = False,
     optional_target: bool = False,
+    dense_seed: bool = False,
 ) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(graph.model)
@@ -424,7 +452,7 @@ def _assemble(
     batch = graph.input_shape[0]
     batch_name = batch if isinstance(batch, str) else None
     logits_shape = [_dim(d, batch_name) for d in emitted.logits_shape]
-    if seed_input:
+    if seed_input or dense_seed:
         g.input.append(helper.make_tensor_value_info(SEED, TensorProto.FLOAT, logits_shape))
     else:
         # a graph input every runtime lists (serving stacks build their feeds from it); the

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from tsgb_onnx.errors import InputError
+from tsgb_onnx.io.preprocess import load_rgb
 from tsgb_onnx.methods.table import available_methods
 
 
@@ -44,6 +47,39 @@ def size(text: str) -> int | tuple[int, int]:
     if len(values) == 2:
         return (values[0], values[1])
     raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got '{text}'")
+
+
+def box(text: str) -> tuple[int, ...]:
+    """--target-box: y0,x0,y1,x1 in output positions (ends excluded; a 1-D output: t0,t1)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 4) or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected y0,x0,y1,x1 (non-negative integers, output positions), got '{text}'"
+        )
+    return values
+
+
+def load_mask(text: str) -> np.ndarray:
+    """--target-mask: a .png (its non-black pixels are inside) or a .npy array of weights,
+    at the output's position size; InputError when it cannot be read."""
+    path = Path(text)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise InputError(f"--target-mask must be a .png or .npy file, got '{text}'")
+    if not path.is_file():
+        raise InputError(f"--target-mask '{text}' does not exist")
+    if suffix == ".png":
+        return load_rgb(path).any(axis=-1)
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--target-mask '{text}' cannot be read as .npy: {exc}") from None
+    if mask.dtype.kind not in "biuf":
+        raise InputError(f"--target-mask '{text}' holds {mask.dtype} values, not numbers")
+    return mask
 
 
 def check_out(out: str | None) -> Path | None:

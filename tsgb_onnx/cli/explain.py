@@ -18,8 +18,10 @@ import numpy as np
 from tsgb_onnx.cli.args import (
     add_engine_flags,
     add_method_flags,
+    box,
     check_out,
     floats,
+    load_mask,
     method_options,
     positive_int,
     size,
@@ -54,6 +56,7 @@ from tsgb_onnx.io.render import (
     upscale,
     with_legend,
 )
+from tsgb_onnx.methods.result import DenseTarget
 
 FORMATS = ("npy", "png", "html")
 
@@ -76,6 +79,13 @@ class Settings:
     colormap: str = "positive"
     cmap: str | None = None
     layer: str | None = None
+    mask: np.ndarray | None = None  # --target-mask: the output positions explained
+    box: tuple[int, ...] | None = None  # --target-box
+
+    @property
+    def dense(self) -> bool:
+        """Whether --target is an output channel over a mask or box (a dense output)."""
+        return self.mask is not None or self.box is not None
 
 
 @dataclass
@@ -89,6 +99,7 @@ class Row:
     maps: list[np.ndarray] = field(default_factory=list)
     logits: np.ndarray | None = None
     layer: str = ""
+    scores: list[float] | None = None  # dense targets: each map's channel summed over the mask
 
 
 @dataclass
@@ -247,21 +258,24 @@ def _explain_batch(explainer, settings: Settings, prep: Preprocessing, batch, ta
     fixed = [target[i] for _, _, _, i in batch] if isinstance(target, list) else target
     first = _explain(explainer, x, fixed, settings.layer, prep.layout)
     logits = first.logits
-    ranked = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     maps, targets = [first.saliency], [first.target]
+    if top_k > 1:
+        ranked = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     for r in range(1, top_k):
         res = _explain(explainer, x, ranked[:, r], settings.layer, prep.layout)
         maps.append(res.saliency)
         targets.append(res.target)
+    dense = first.target.dtype == object  # resolved DenseTargets
     for i, (name, row, picture, _) in enumerate(batch):
         yield Row(
             name=name,
             x=row,
             picture=picture,
-            targets=[int(t[i]) for t in targets],
+            targets=[int(t[i].channel) if dense else int(t[i]) for t in targets],
             maps=[np.asarray(m[i]) for m in maps],
             logits=np.asarray(logits[i]),
             layer=first.layer,
+            scores=[t[i].score(logits[i]) for t in targets] if dense else None,
         )
 
 
@@ -288,6 +302,11 @@ def _explain(explainer, x, target, layer, layout: str = "nchw"):
 
 
 def describe(row: Row, labels, top_k: int) -> list[str]:
+    if row.scores is not None:
+        return [
+            describe_dense(row, t, sal, score, labels)
+            for t, sal, score in zip(row.targets, row.maps, row.scores)
+        ]
     probs = _softmax(row.logits.astype(np.float64))
     lines = []
     for r, (t, sal) in enumerate(zip(row.targets, row.maps)):
@@ -300,6 +319,30 @@ def describe(row: Row, labels, top_k: int) -> list[str]:
             f"[{sal.min():.3g}, {sal.max():.3g}]"
         )
     return lines
+
+
+def describe_dense(row: Row, channel: int, sal: np.ndarray, score: float, labels) -> str:
+    """The line of one map of a dense target: the channel and its score over the mask."""
+    label = label_of(channel, labels)
+    named = f" '{label}'" if label else ""
+    return (
+        f"{row.name}: target channel {channel}{named} (score {score:.4f}: the channel summed "
+        f"over the mask), saliency {tuple(sal.shape)} range [{sal.min():.3g}, {sal.max():.3g}]"
+    )
+
+
+def dense_targets(target, settings: Settings):
+    """--target with --target-mask / --target-box: a DenseTarget, or one per input."""
+    if target is None:
+        raise TargetError(
+            "--target-mask / --target-box explain one output channel: give --target CHANNEL "
+            "(an index or a label), or one per input"
+        )
+
+    def one(channel: int) -> DenseTarget:
+        return DenseTarget(channel, mask=settings.mask, box=settings.box)
+
+    return [one(c) for c in target] if isinstance(target, list) else one(target)
 
 
 def sign_notes(row: Row, settings: Settings) -> list[str]:
@@ -369,6 +412,8 @@ def run(explainer, settings: Settings, prep: Preprocessing) -> int:
     classes = explainer.graph.num_classes
     if classes is not None and top_k > classes:
         raise InputError(f"--top-k {top_k} is more than the model's {classes} classes")
+    if settings.dense:
+        target = dense_targets(target, settings)
     writer = OutDirWriter(settings, labels, prep) if settings.out_dir is not None else None
     kept: list[Row] = []
     finished = False
@@ -496,10 +541,13 @@ class OutDirWriter:
             pic = row_picture(row, self.prep.layout)
             if pic is not None:
                 picture = self._picture(pic, f"{stem}.input.png")
-        probs = _softmax(row.logits.astype(np.float64))
+        dense = row.scores is not None  # no class probabilities: the masked score instead
+        probs = None if dense else _softmax(row.logits.astype(np.float64))
         entry = InputEntry(row.name, picture)
         for r, (t, sal) in enumerate(zip(row.targets, row.maps)):
             label = label_of(t, self.labels)
+            logit = None if dense else float(row.logits[t])
+            prob = None if dense else float(probs[t])
             balance = sign_balance(sal, self.settings.colormap)
             src = None
             if pictures:
@@ -509,8 +557,8 @@ class OutDirWriter:
                         r + 1,
                         t,
                         label,
-                        float(row.logits[t]),
-                        float(probs[t]),
+                        row.scores[r] if dense else logit,
+                        float("nan") if dense else prob,  # no html for dense targets
                         src,
                         note=balance.note,
                     )
@@ -520,8 +568,9 @@ class OutDirWriter:
                     "rank": r + 1,
                     "target": t,
                     "label": label,
-                    "logit": float(row.logits[t]),
-                    "prob": float(probs[t]),
+                    "logit": logit,
+                    "prob": prob,
+                    **({"score": row.scores[r]} if dense else {}),
                     "png": src if src and not src.startswith("data:") else None,
                     "positive_mass": balance.positive_mass,
                     "negative_mass": balance.negative_mass,
@@ -607,8 +656,11 @@ def _explain_settings(args):
         )
     if formats and out_dir is None:
         out_dir = Path("tsgb_maps")
+    dense = args.target_mask is not None or args.target_box is not None
     if out_dir is not None and not formats:
-        formats = ("png", "html")
+        formats = ("png",) if dense else ("png", "html")
+    if dense:
+        check_dense_flags(args, formats)
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir '{out_dir}' exists and is not a folder")
     if not args.target.strip():
@@ -641,7 +693,24 @@ def _explain_settings(args):
         colormap=args.colormap,
         cmap=args.cmap,
         layer=args.layer,
+        mask=load_mask(args.target_mask) if args.target_mask is not None else None,
+        box=args.target_box,
     )
+
+
+def check_dense_flags(args, formats: tuple[str, ...]) -> None:
+    """--target-mask / --target-box: one channel per input, no class ranking or page."""
+    flag = "--target-mask" if args.target_mask is not None else "--target-box"
+    if args.top_k > 1:
+        raise InputError(
+            f"{flag} explains one output channel per input; --top-k ranks the classes of "
+            "[batch, classes] logits: leave it out"
+        )
+    if "html" in formats:
+        raise InputError(
+            f"{flag}: the HTML index shows class probabilities, which a dense output does not "
+            "have: use --format png,npy (or --out FILE)"
+        )
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -665,6 +734,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def check_engine(args: argparse.Namespace) -> None:
     """--engine ray writes a folder; --address / --workers belong to it."""
+    if args.engine == "ray" and (args.target_mask is not None or args.target_box is not None):
+        raise InputError("--target-mask / --target-box run in-process: leave out --engine ray")
     if args.engine != "ray":
         for flag, value in (("--address", args.address), ("--workers", args.workers)):
             if value is not None:
@@ -745,6 +816,22 @@ def register(sub) -> None:
         "--target",
         default="top1",
         help="'top1', a class index or name, or one per input: 3,7 or cat,dog",
+    )
+    region = e.add_mutually_exclusive_group()
+    region.add_argument(
+        "--target-mask",
+        default=None,
+        metavar="MASK",
+        help="a dense output (segmentation map, ...): explain --target's channel summed over "
+        "MASK, a .png (its non-black pixels) or .npy (weights) of the output's position size",
+    )
+    region.add_argument(
+        "--target-box",
+        type=box,
+        default=None,
+        metavar="Y0,X0,Y1,X1",
+        help="a dense output: explain --target's channel summed over this box of output "
+        "positions (ends excluded)",
     )
     e.add_argument(
         "--top-k",

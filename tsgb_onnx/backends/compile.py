@@ -104,7 +104,7 @@ def compile_model(
     while True:
         if needed > graph.opset:
             graph = _upgraded(proto, needed, output, original_opset)
-        emitted = _emit(
+        emitted = _emit_checked(
             graph, method, options, layer, keep_signal, seed_input, expose_logits, taps, dense_seed
         )
         if emitted.builder.required_opset <= graph.opset:
@@ -129,6 +129,40 @@ def compile_model(
         optional_target,
         dense_seed,
     )
+
+
+def _emit_checked(graph: Graph, method: RuleSource, *args) -> _Emitted:
+    """`_emit`, with any failure that is not already a typed error (a rule meeting a shape
+    the emitter cannot express, say) as a one-line `ModelError` naming the node being
+    emitted: `backend="auto"` then explains with the engine and says why, once."""
+    try:
+        return _emit(graph, method, *args)
+    except (TsgbError, MemoryError):
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, "building the compiled explainer") from exc
+        detail = str(exc).strip().splitlines()
+        said = f": {detail[0]}" if detail else ""
+        raise ModelError(
+            f"building the compiled explainer failed{_failing_node(exc)} "
+            f"({type(exc).__name__}{said})"
+        ) from exc
+
+
+def _failing_node(exc: BaseException) -> str:
+    """' at node NAME (OP)' for the program step that was running when `exc` was raised
+    (read from the executor's frame in the traceback), else ''."""
+    tb = exc.__traceback__
+    found = ""
+    while tb is not None:
+        if tb.tb_frame.f_code is run_program.__code__:
+            step = tb.tb_frame.f_locals.get("step")
+            node = getattr(step, "node", None)
+            if node is not None:
+                found = f" at node '{node.name}' ({node.op_type})"
+        tb = tb.tb_next
+    return found
 
 
 def _refuse_explainer(proto: onnx.ModelProto) -> None:

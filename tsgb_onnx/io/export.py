@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from tsgb_onnx.errors import TsgbError
+from tsgb_onnx.errors import ModelError, TsgbError, is_out_of_memory, out_of_memory
 from tsgb_onnx.io.labels import LABELS_KEY, imagenet_labels
 from tsgb_onnx.io.preprocess import PREPROCESS_KEY, Preprocessing, as_settings
 
@@ -251,10 +251,79 @@ def from_keras(
         formats = {getattr(layer, "data_format", None) for layer in model.layers} - {None}
         if formats == {"channels_first"}:
             layout = "nchw"
+    name = getattr(model, "name", type(model).__name__)
     with _quiet("tensorflow", "tf2onnx"):
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=input_signature, opset=opset)
+        try:
+            proto, _ = tf2onnx.convert.from_keras(
+                model, input_signature=input_signature, opset=opset
+            )
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(exc, f"exporting the Keras model '{name}'") from exc
+            raise ModelError(
+                f"tf2onnx cannot export the Keras model '{name}' "
+                f"({type(exc).__name__}: {_first_line(exc)}): try another opset= "
+                "or export the same network from PyTorch with from_torch"
+            ) from exc
+    _refuse_unconverted(proto, model, name)
     image = _image_settings(tuple(shape), layout)
     return _finish(proto, path, preprocess, labels, **_defaults_under(preprocess, image))
+
+
+# TF ops tf2onnx leaves unconverted in Keras 3 models, and why (no opset changes it)
+_KNOWN_UNCONVERTED = {
+    "StatefulPartitionedCall": "Keras 3 runs a grouped Conv2D (groups > 1) as an "
+    "XLA-compiled function, which tf2onnx keeps as a call",
+    "Erfc": "tf2onnx has no Erfc (Keras' exact GELU)",
+}
+
+
+def _refuse_unconverted(proto: onnx.ModelProto, model: Any, name: str) -> None:
+    """A one-line `ModelError` when tf2onnx left TensorFlow ops in the graph (it logs them
+    and returns a model no runtime loads): each op with its first layer, why, and what to
+    do."""
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+            first.setdefault(node.op_type, node.name)
+    if not counts:
+        return
+    parts = []
+    for op, count in counts.items():
+        layer = _keras_layer_of(model, first[op])
+        where = f"layer '{layer}'" if layer else f"node '{first[op]}'"
+        why = _KNOWN_UNCONVERTED.get(op, "tf2onnx has no conversion for it")
+        parts.append(f"{op} x{count}, first at {where}: {why}")
+    known = all(op in _KNOWN_UNCONVERTED for op in counts)
+    advice = (
+        "no opset= or SavedModel export avoids this: export the same network from PyTorch "
+        "with from_torch (e.g. timm's), or build the Keras model without those layers"
+        if known
+        else "try another opset=, or export the same network from PyTorch with from_torch"
+    )
+    raise ModelError(
+        f"tf2onnx cannot convert the Keras model '{name}' to ONNX ({'; '.join(parts)}): {advice}"
+    )
+
+
+def _keras_layer_of(model: Any, node_name: str) -> str | None:
+    """The model's layer a tf2onnx node name comes from ('model_1/block_conv_1/Op' ->
+    'block_conv'), if any."""
+    layers = {getattr(layer, "name", None) for layer in getattr(model, "layers", [])}
+    for part in node_name.split("/")[1:]:
+        if part in layers:
+            return part
+        stem, _, suffix = part.rpartition("_")
+        if suffix.isdigit() and stem in layers:
+            return stem
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 # -- JAX -----------------------------------------------------------------------------------------

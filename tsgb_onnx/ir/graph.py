@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from tsgb_onnx.errors import (
+    InputError,
     ModelError,
     NonFiniteError,
     RuntimeUnavailableError,
@@ -125,6 +126,7 @@ class Graph:
         self.input_name = input_name
         self.logits_name = logits_name
         self._noted_metadata = False
+        self._input_layout: str | None = None
 
     # -- queries -----------------------------------------------------------------
     def is_float(self, tensor: str) -> bool:
@@ -150,13 +152,12 @@ class Graph:
     def channel_axis(self, tensor: str) -> int:
         """Channel axis of `tensor`: -1 when it is channels-last (every consumer transposes
         it to channels-first, as at the NHWC inputs of TensorFlow/Keras exports, or its
-        producer transposed channels-first to channels-last), else 1."""
+        producer transposed channels-first to channels-last), else 1. The model input's is
+        `input_layout`'s."""
         shape = self.shapes.get(tensor)
         consumers = self.consumers.get(tensor, [])
         if tensor == self.input_name and shape and len(shape) >= 3:
-            declared = self.declared_layout()
-            if declared is not None:
-                return -1 if declared == "nhwc" else 1
+            return -1 if self.input_layout() == "nhwc" else 1
         if not shape or len(shape) < 3:
             return 1
         rank = len(shape)
@@ -174,6 +175,56 @@ class Graph:
         ):
             return -1
         return 1
+
+    def input_layout(self) -> str:
+        """The model input's layout, 'nchw' or 'nhwc': the exporters' metadata
+        (`declared_layout`), else what the graph does with the input (`graph_layout`),
+        else its shape (`shape_layout`: RGB/gray channels on one side only); an
+        `InputError` saying how to state it when none of them decides."""
+        if self._input_layout is None:
+            layout = self.declared_layout() or self.graph_layout() or self.shape_layout()
+            if layout is None:
+                raise InputError(
+                    f"the layout of the model input '{self.input_name}' (shape "
+                    f"{_shown(self.input_shape)}) cannot be read from the graph: store it "
+                    "in the model, tsgb_onnx.export.attach_metadata(model, layout='nhwc' "
+                    "or 'nchw'), and explain that model"
+                )
+            self._input_layout = layout
+        return self._input_layout
+
+    def graph_layout(self) -> str | None:
+        """'nhwc' when the input reaches the network, through element-wise steps
+        (Keras' Rescaling / Normalization), only as a Transpose to channels-first or a
+        Reshape that moves its trailing size-1 channel axis to axis 1 (what tf2onnx writes
+        for one channel); 'nchw' when it reaches only ops that read axis 1 as channels
+        (Conv, pools, normalisations); None otherwise."""
+        verdicts = set()
+        stack, seen = [self.input_name], set()
+        while stack and len(seen) < 64:
+            tensor = stack.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            rank = len(self.shapes.get(tensor) or ())
+            for node in self.consumers.get(tensor, []):
+                if node.op_type in _LAYOUT_KEEPING and _same_rank(self, node, rank):
+                    stack.extend(o for o in node.outputs if o)
+                else:
+                    verdicts.add(_layout_at(self, node, tensor))
+        verdicts.discard(None)  # (a Shape or a Flatten of the input says nothing)
+        return verdicts.pop() if len(verdicts) == 1 else None
+
+    def shape_layout(self) -> str | None:
+        """'nhwc' when only the input's last size is a channel count (1, 3 or 4), 'nchw'
+        when only its axis-1 size is, else None."""
+        shape = self.input_shape or ()
+        if len(shape) < 3:
+            return None
+        first, last = shape[1] in _CHANNEL_COUNTS, shape[-1] in _CHANNEL_COUNTS
+        if first == last:
+            return None
+        return "nhwc" if last else "nchw"
 
     def declared_layout(self) -> str | None:
         """The input layout ('nchw' / 'nhwc') stored by the exporters in the model metadata
@@ -210,6 +261,81 @@ class Graph:
                 needed.add(node.name)
                 stack.extend(t for t in node.inputs if t)
         return [n for n in self.nodes if n.name in needed]
+
+
+# -- the input's layout ----------------------------------------------------------------------
+_CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA
+# element-wise ops that keep the layout of their input (preprocessing folded into the model)
+_LAYOUT_KEEPING = frozenset(
+    [
+        "Identity",
+        "Cast",
+        "Mul",
+        "Add",
+        "Sub",
+        "Div",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Relu",
+        "Clip",
+        "Max",
+        "Min",
+        "Dropout",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ]
+)
+# ops whose input 0 is channels-first by the ONNX spec
+_CHANNELS_FIRST = frozenset(
+    [
+        "Conv",
+        "ConvTranspose",
+        "ConvInteger",
+        "QLinearConv",
+        "MaxPool",
+        "AveragePool",
+        "LpPool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "GlobalLpPool",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LRN",
+        "DepthToSpace",
+        "SpaceToDepth",
+    ]
+)
+
+
+def _same_rank(graph: Graph, node: Node, rank: int) -> bool:
+    """Whether `node`'s output keeps its input's rank (unknown shapes: assumed so)."""
+    out = graph.shapes.get(node.outputs[0]) if node.outputs else None
+    return out is None or not rank or len(out) == rank
+
+
+def _layout_at(graph: Graph, node: Node, tensor: str) -> str | None:
+    """What `node`, reading `tensor` (the input after element-wise steps), says of the
+    input's layout: 'nhwc', 'nchw' or None (nothing)."""
+    shape = graph.shapes.get(tensor) or ()
+    rank = len(shape)
+    if rank < 3 or not node.inputs or node.inputs[0] != tensor:
+        return None
+    if node.op_type in _CHANNELS_FIRST:
+        return "nchw"
+    if node.op_type == "Transpose":
+        perm = list(node.attr("perm") or [])
+        return "nhwc" if perm == [0, rank - 1] + list(range(1, rank - 1)) else None
+    if node.op_type == "Reshape":
+        out = graph.shapes.get(node.outputs[0]) or ()
+        moved = (1,) + tuple(shape[1:-1])
+        if shape[-1] == 1 and len(out) == rank and tuple(out[1:]) == moved:
+            return "nhwc" if all(isinstance(d, int) for d in moved) else None
+    return None
+
+
+def _shown(shape: tuple | None) -> str:
+    return "unknown" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 # constant inputs where +-Inf is a meaningful bound, not a broken weight (NaN never is)
@@ -409,12 +535,118 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def canonicalize(proto: onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
-    """Infer shapes, fold constant sub-graphs and zero Pads into the Convs they feed, and
-    write ceil_mode pools as ceil_mode=0 pools (`resolve_ceil_pools`) (returns a new model)."""
+    """Infer shapes, fold constant sub-graphs and zero Pads into the Convs they feed, write
+    ceil_mode pools as ceil_mode=0 pools (`resolve_ceil_pools`), and fold the shape chains
+    that read static sizes (`fold_shape_chains`) (returns a new model)."""
     model = proto
     if fold:
         model = fold_pads_into_convs(fold_constants(proto))
-    return resolve_ceil_pools(_infer_shapes(model))
+    model = resolve_ceil_pools(_infer_shapes(model))
+    return fold_shape_chains(model) if fold else model
+
+
+def fold_shape_chains(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold, until nothing changes, every read of a static size (`fold_static_shape_reads`)
+    and what it computes: exporters compute TF-"SAME" pads, crops and reshapes from
+    `Shape` of tensors whose size is fixed once the input's spatial size is, and each fold
+    can make the next tensor's shape static (timm's `tf_*` models pad before every strided
+    conv). The batch size stays dynamic: an entry of axis 0 is never folded."""
+    for _ in range(len(model.graph.node) + 1):
+        if not fold_static_shape_reads(model):
+            break
+        model = resolve_ceil_pools(_infer_shapes(fold_pads_into_convs(fold_constants(model))))
+    return model
+
+
+def fold_static_shape_reads(model: onnx.ModelProto) -> int:
+    """Replace by int64 initializers (in place) the `Shape` nodes, and the `Gather` / `Slice`
+    nodes reading a `Shape`, whose values are static sizes by the model's inferred shapes
+    (`resolve_ceil_pools` has made them ONNX Runtime's); entries of axis 0 (the batch) never
+    are. Returns how many nodes were replaced."""
+    graph = model.graph
+    dims = {
+        vi.name: _dims(vi.type.tensor_type)
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output)
+        if vi.type.tensor_type.HasField("shape")
+    }
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded: dict[int, np.ndarray] = {}  # id(node) -> the value of its output
+    for node in graph.node:
+        if node.op_type != "Shape" or node.domain not in ("", "ai.onnx"):
+            continue
+        entries = _shape_entries(node, dims.get(node.input[0]))
+        if entries is None or node.output[0] in outputs:
+            continue
+        if all(e is not None for e in entries):
+            folded[id(node)] = np.array(entries, dtype=np.int64)
+            continue
+        for user in consumers.get(node.output[0], []):
+            if user.input[0] != node.output[0] or user.output[0] in outputs:
+                continue
+            value = _static_read(user, entries, constants)
+            if value is not None:
+                folded[id(user)] = value
+    if not folded:
+        return 0
+    kept = []
+    for node in graph.node:
+        if id(node) in folded:
+            graph.initializer.append(numpy_helper.from_array(folded[id(node)], node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(folded)
+
+
+def _shape_entries(node: onnx.NodeProto, dims: list | None) -> list | None:
+    """A Shape node's output as a list of static sizes, None where an entry is dynamic or
+    of axis 0 (the batch); None when the input's rank is unknown."""
+    if not dims:
+        return None
+    entries: list = [None] + [d if isinstance(d, int) and d > 0 else None for d in dims[1:]]
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    start, end = int(attrs.get("start", 0)), attrs.get("end")
+    return entries[start : None if end is None else int(end)]  # ONNX clamps like Python
+
+
+def _static_read(node: onnx.NodeProto, entries: list, constants: dict) -> np.ndarray | None:
+    """The value of a Gather / Slice (axis 0, constant indices) of a shape (its input 0)
+    whose `entries` are known where not None, if every entry it reads is known."""
+    picked = None
+    if node.op_type == "Gather":
+        attrs = {a.name: _attr_value(a) for a in node.attribute}
+        index = constants.get(node.input[1])
+        if int(attrs.get("axis", 0)) != 0 or index is None:
+            return None
+        rank = len(entries)
+        flat = [int(i) for i in index.reshape(-1)]
+        if not all(-rank <= i < rank for i in flat):
+            return None
+        picked = [entries[i] for i in flat]
+        shape = index.shape
+    elif node.op_type == "Slice" and len(node.input) >= 3:
+        given = [constants.get(n) if n else None for n in list(node.input[1:5])]
+        if any(v is None for v in given[:2]) or any(
+            n and v is None for n, v in zip(node.input[3:5], given[2:])
+        ):
+            return None
+        axes, steps = (given + [None, None])[2:4]
+        if axes is not None and [int(a) for a in axes.reshape(-1)] not in ([0], [-1]):
+            return None
+        step = 1 if steps is None else int(steps.reshape(-1)[0])
+        if step == 0:
+            return None
+        picked = entries[int(given[0].reshape(-1)[0]) : int(given[1].reshape(-1)[0]) : step]
+        shape = (len(picked),)
+    if picked is None or any(e is None for e in picked):
+        return None
+    return np.array(picked, dtype=np.int64).reshape(shape)
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

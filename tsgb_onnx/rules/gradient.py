@@ -27,7 +27,8 @@ def _const_input(node, i: int, what: str):
     if value is None and node.has_input(i):
         raise ModelError(
             f"node '{node.name}' ({node.op_type}): {what} must be a constant to be "
-            "differentiated; fold the graph's constants before explaining"
+            "differentiated, and it is computed at run time (e.g. from an input size the "
+            "model leaves dynamic): export the model with a fixed input size"
         )
     return value
 
@@ -566,15 +567,48 @@ def split(ops, node, fwd, grads, opts):
     return [ops.concat(parts, axis)]
 
 
-def slice_index(node, x_shape) -> tuple:
-    """Python slices equal to an ONNX Slice on a tensor of shape `x_shape`."""
-    rank = len(x_shape)
+# exporters write INT_MAX (int32 or int64) for "to the end" / "from the start" of an axis
+_WHOLE_AXIS = 2**31 - 1
+
+
+def _slice_inputs(node) -> tuple:
+    """A Slice's starts, ends, axes and steps (None: the default); a ModelError naming the
+    node when one is computed at run time."""
     if node.opset < 10:
-        starts, ends = node.attr("starts"), node.attr("ends")
-        axes, steps = node.attr("axes"), None
-    else:
-        starts, ends = _const_input(node, 1, "starts"), _const_input(node, 2, "ends")
-        axes, steps = node.const(3), node.const(4)
+        return node.attr("starts"), node.attr("ends"), node.attr("axes"), None
+    return (
+        _const_input(node, 1, "starts"),
+        _const_input(node, 2, "ends"),
+        _const_input(node, 3, "axes"),
+        _const_input(node, 4, "steps"),
+    )
+
+
+def _slice_reads(node) -> tuple[str, ...]:
+    """What the Slice rule reads; the planner calls it, so a Slice whose starts/ends are
+    computed at run time is refused when the explainer is built, not after a forward pass."""
+    _slice_inputs(node)
+    return ("x0.shape",)
+
+
+def _whole_dynamic_axis(node, axis: int, start: int, end: int, step: int) -> slice:
+    """The slice of an axis whose size is only known at run time (the batch, `Batch(k)` in
+    the ONNX emitter): only the whole axis (start 0 or -INT_MAX, end INT_MAX, step 1), which
+    tf2onnx writes for Keras' Cropping2D, can be expressed for every batch size."""
+    if step == 1 and (start == 0 or start <= -_WHOLE_AXIS) and end >= _WHOLE_AXIS:
+        return slice(None)
+    raise ModelError(
+        f"node '{node.name}' (Slice) cuts the batch-sized axis {axis} (start {start}, end "
+        f"{end}, step {step}): a compiled explainer serves every batch size, so it can only "
+        "keep that axis whole (use backend='numpy', or export the model without the slice)"
+    )
+
+
+def slice_index(node, x_shape) -> tuple:
+    """Python slices equal to an ONNX Slice on a tensor of shape `x_shape` (whose dimensions
+    may be `Batch(k)` sizes in the ONNX emitter: see `_whole_dynamic_axis`)."""
+    rank = len(x_shape)
+    starts, ends, axes, steps = _slice_inputs(node)
     starts = [int(s) for s in np.asarray(starts).reshape(-1)]
     ends = [int(e) for e in np.asarray(ends).reshape(-1)]
     axes = (
@@ -586,6 +620,9 @@ def slice_index(node, x_shape) -> tuple:
     index = [slice(None)] * rank
     for start, end, axis, step in zip(starts, ends, axes, steps):
         dim = x_shape[axis]
+        if not isinstance(dim, (int, np.integer)):
+            index[axis] = _whole_dynamic_axis(node, axis, start, end, step)
+            continue
         start = start + dim if start < 0 else start
         end = end + dim if end < 0 else end
         if step > 0:
@@ -597,20 +634,32 @@ def slice_index(node, x_shape) -> tuple:
     return tuple(index)
 
 
-@register("Slice", reads=("x0.shape",))
+@register("Slice", reads=_slice_reads)
 def slice_(ops, node, fwd, grads, opts):
     x_shape = fwd.x_shape(0)
     gx = ops.scatter_slices(_first(grads), x_shape, slice_index(node, x_shape))
     return [gx]
 
 
-def pad_amounts(node, rank: int) -> list[int]:
+def _pad_inputs(node) -> tuple:
+    """A Pad's pads and axes (None: every axis); a ModelError naming the node when they are
+    computed at run time (TF-"SAME" padding of an input of dynamic size)."""
     if node.opset < 11:
-        pads = node.attr("pads")
-    else:
-        pads = _const_input(node, 1, "pads")
+        return node.attr("pads"), None
+    axes = _const_input(node, 3, "axes") if node.opset >= 18 else None
+    return _const_input(node, 1, "pads"), axes
+
+
+def _pad_reads(node) -> tuple[str, ...]:
+    """What the Pad rule reads; the planner calls it, so pads computed at run time are
+    refused when the explainer is built, not after a forward pass."""
+    _pad_inputs(node)
+    return ("x0.shape",)
+
+
+def pad_amounts(node, rank: int) -> list[int]:
+    pads, axes = _pad_inputs(node)
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
-    axes = node.const(3) if node.opset >= 18 else None
     if axes is None:
         return pads
     axes = [_axis(int(a), rank) for a in axes.reshape(-1)]
@@ -620,7 +669,7 @@ def pad_amounts(node, rank: int) -> list[int]:
     return full
 
 
-@register("Pad", reads=("x0.shape",))
+@register("Pad", reads=_pad_reads)
 def pad(ops, node, fwd, grads, opts):
     x_shape = fwd.x_shape(0)
     mode = node.attr("mode", "constant")

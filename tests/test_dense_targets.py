@@ -222,6 +222,22 @@ def test_sequence_head_channels_last(backend):
     assert "TSGB-FC" in _one_line(exc) and "dense output" in str(exc.value)
 
 
+def test_torch_input_and_explain_layers(seg):
+    net, proto = seg
+    x = _input(17, batch=2)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[5:25, 5:25] = True
+    explainer = Explainer(proto, method="gradient")
+    res = explainer.explain(torch.from_numpy(x), target=DenseTarget(0, mask=mask))
+    assert isinstance(res.saliency, torch.Tensor) and res.target[0].channel == 0
+    ref, _ = _oracle(net, x, [0, 0], [mask, mask])
+    _close(res.signal.numpy(), ref)
+    layer = [n.output[0] for n in proto.graph.node if n.op_type == "Relu"][-1]
+    both = explainer.explain_layers(x, [layer, "input"], target=DenseTarget(0, mask=mask))
+    _close(both["input"].signal, ref)
+    assert both[layer].signal.shape == (2, 8, SIZE // 2, SIZE // 2)
+
+
 # --------------------------------------------------------------------------- the methods
 
 APPLY = [

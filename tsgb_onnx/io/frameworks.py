@@ -135,8 +135,8 @@ def _module_calls(module: Any, example: Any) -> dict[str, _Call]:
 
 
 def _kind(module: Any) -> str:
-    """"Conv…" / "BatchNorm…" for any subclass of torch's (e.g. a "same"-padding Conv2d),
-    else the class name."""
+    """The class name, prefixed "Conv:" / "BatchNorm:" for a subclass of torch's convolutions
+    or batch norms (e.g. a TF-"same"-padding Conv2d)."""
     import torch
 
     name = type(module).__name__

@@ -298,3 +298,41 @@ def test_keras_model_tf2onnx_cannot_convert_is_one_line(keras):
     assert "'tiny_convnext'" in message
     assert "layer 'depthwise_conv'" in message and "layer 'gelu'" in message
     assert "from_torch" in message
+
+
+def test_cli_layout_flag_states_an_undecidable_layout(tmp_path, capsys):
+    """`tsgb explain --layout nhwc` explains a model whose layout the graph cannot tell;
+    without it the command stops with the one-line way to state it."""
+    from tsgb_onnx.cli.main import main
+
+    model = attach_metadata(_mlp_on((3, 5, 3)), size=(3, 5))  # other metadata is kept
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(model.SerializeToString())
+    x = tmp_path / "x.npy"
+    np.save(x, RNG.standard_normal((1, 3, 5, 3)).astype(np.float32))
+    assert (
+        main(
+            ["explain", str(path), str(x), "--method", "gradient", "--out", str(tmp_path / "a.npy")]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "layout" in err
+    out = tmp_path / "m.npy"
+    code = main(
+        [
+            "explain",
+            str(path),
+            str(x),
+            "--method",
+            "gradient",
+            "--layout",
+            "nhwc",
+            "--target",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert np.load(out).shape == (1, 3, 5)  # the .npy batch, one map per row

@@ -717,7 +717,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     check_engine(args)
     settings = _explain_settings(args)
     explainer = Explainer(
-        args.model,
+        _with_layout(args.model, args.layout),
         method=args.method,
         output=args.output,
         backend=args.backend,
@@ -730,6 +730,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return run_on_ray(args, explainer, settings, prep)
     return run(explainer, settings, prep)
+
+
+def _with_layout(model: str, layout: str | None):
+    """The model, with `--layout` stored in its metadata when given (the graph reads the
+    input's layout from there first, so a model whose layout cannot be told from its graph
+    is explained as stated); the model's other preprocessing metadata is kept."""
+    if layout is None:
+        return model
+    from tsgb_onnx.io.export import attach_metadata, read_metadata
+    from tsgb_onnx.io.preprocess import PREPROCESS_KEY
+    from tsgb_onnx.ir.graph import load_model
+
+    proto = load_model(model)
+    try:
+        stored = json.loads(read_metadata(proto).get(PREPROCESS_KEY, "{}"))
+    except ValueError:
+        stored = {}
+    stored = stored if isinstance(stored, dict) else {}
+    return attach_metadata(proto, {**stored, "layout": layout})
 
 
 def check_engine(args: argparse.Namespace) -> None:

@@ -270,6 +270,25 @@ def build_keras(entry: ZooEntry):
     )
 
 
+def _keras_float64(entry: ZooEntry, model):
+    """The same architecture built in float64 (Keras fixes each layer's dtype when it is
+    built: a clone of a float32 model stays float32) with `model`'s weights."""
+    import tensorflow as tf
+
+    policy = tf.keras.config.dtype_policy()
+    tf.keras.config.set_dtype_policy("float64")
+    try:
+        model64 = build_keras(entry)
+    finally:
+        tf.keras.config.set_dtype_policy(policy)
+    model64.set_weights([w.astype(np.float64) for w in model.get_weights()])
+    if model64.weights[0].dtype != "float64":
+        raise RuntimeError(
+            f"{entry.name}: the float64 oracle was built in {model64.weights[0].dtype}"
+        )
+    return model64
+
+
 def _keras_gradient(model, x_nhwc: np.ndarray, target: np.ndarray, dtype) -> np.ndarray:
     import tensorflow as tf
 
@@ -282,7 +301,6 @@ def _keras_gradient(model, x_nhwc: np.ndarray, target: np.ndarray, dtype) -> np.
 
 
 def check_keras(entry: ZooEntry, exporter: str = "tf2onnx") -> ZooResult:
-    import tensorflow as tf
 
     from tsgb_onnx.io.export import from_keras
 
@@ -296,12 +314,7 @@ def check_keras(entry: ZooEntry, exporter: str = "tf2onnx") -> ZooResult:
         result.status, result.reason = "export failed", _short(exc)
         result.seconds = time.perf_counter() - start
         return result
-    tf.keras.backend.set_floatx("float64")
-    try:
-        model64 = tf.keras.models.clone_model(model)
-        model64.set_weights([w.astype(np.float64) for w in model.get_weights()])
-    finally:
-        tf.keras.backend.set_floatx("float32")
+    model64 = _keras_float64(entry, model)
     rng = np.random.default_rng(0)
     shape = (2, entry.size, entry.size, 3)
     x = target = oracle = None

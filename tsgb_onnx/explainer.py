@@ -72,6 +72,16 @@ class EngineFallbackWarning(UserWarning):
 
 
 @dataclass
+class _Compiled:
+    """A compiled explainer model, its session, and the one-thread session a large call's
+    row slices run on (built on first use)."""
+
+    model: Any
+    session: Any
+    row_session: Any = None
+
+
+@dataclass
 class _Shared:
     """What every explainer on one model shares: graph, recorder, backend, caches."""
 
@@ -144,8 +154,7 @@ class Explainer:
         self._given = apply_aliases(method.name, method.aliases, dict(options))
         self.options = method.resolve_options(self._layer_options(self._given))
         self._programs: dict[tuple, Program] = {}
-        self._compiled: dict[tuple, object] = {}
-        self._row_split: dict[int, list] = {}  # id(session) -> [model, one-thread session]
+        self._compiled: dict[tuple, _Compiled | None] = {}
         self._planned = False
 
     # what every explainer on this model shares
@@ -367,9 +376,9 @@ class Explainer:
             result = self.method.compute(self, x, target, layer, self.options)
             result.method = self.method.name
         else:
-            session = self._compiled_session(layer, dense=dense)
-            if session is not None:
-                result = self._explain_compiled(session, x, target, layer)
+            compiled = self._compiled_session(layer, dense=dense)
+            if compiled is not None:
+                result = self._explain_compiled(compiled, x, target, layer)
             else:
                 result = self._explain_engine(x, target, layer)
         outputs = {"logits": result.logits, "map": result.saliency, "signal": result.signal}
@@ -403,9 +412,9 @@ class Explainer:
                 raise exc.read_by(self.method.name, *self._advice(wanted)) from None
         layers = tuple(dict.fromkeys(self.tensor_of(list(layers)))) or (self.graph.input_name,)
         x = self._check_input(x)
-        session = self._compiled_session(layers[0], layers, self._dense_target(target))
-        if session is not None:
-            logits, targets, taken = self._signals_compiled(session, x, target, layers)
+        compiled = self._compiled_session(layers[0], layers, self._dense_target(target))
+        if compiled is not None:
+            logits, targets, taken = self._signals_compiled(compiled, x, target, layers)
         else:
             logits, targets, taken = self._signals_engine(x, target, layers)
         checked = {f"activation at '{t}'": a for t, (a, _) in taken.items()}
@@ -425,12 +434,12 @@ class Explainer:
         taken = {t: (to_np(activations[t]), to_np(tapped[t])) for t in layers}
         return np.asarray(logits), targets, taken
 
-    def _signals_compiled(self, session, x, target, layers):
-        feeds, fed = self._session_feeds(session, x, target)
+    def _signals_compiled(self, compiled: _Compiled, x, target, layers):
+        feeds, fed = self._session_feeds(compiled.session, x, target)
         names = [self.graph.logits_name]
         for i in range(len(layers)):
             names += [TAP_VALUE.format(i), TAP_SIGNAL.format(i)]
-        logits, *tapped = self._run_compiled(session, names, feeds)
+        logits, *tapped = self._run_compiled(compiled, names, feeds)
         logits = to_float32(logits)
         targets = _session_targets(fed, logits)
         taken = {t: (tapped[2 * i], tapped[2 * i + 1]) for i, t in enumerate(layers)}
@@ -555,8 +564,8 @@ class Explainer:
             self.program(layer, taps)  # a bad layer fails here with the planner's message
             try:
                 model = compile_explainer(self.graph, self.method, self.options, layer, taps, dense)
-                self._compiled[key] = self.recorder.session_for(model, self.threads)
-                self._row_split[id(self._compiled[key])] = [model, None]
+                session = self.recorder.session_for(model, self.threads)
+                self._compiled[key] = _Compiled(model, session)
             except ModelError as exc:  # e.g. dynamic image sizes: the engine copes
                 if self.backend == "compiled":
                     raise
@@ -574,23 +583,22 @@ class Explainer:
             return 1
         return max(1, min(self.threads or os.cpu_count() or 1, batch // (ROW_SPLIT_MIN // 2)))
 
-    def _run_compiled(self, session, names: list[str], feeds: dict) -> list:
+    def _run_compiled(self, compiled: _Compiled, names: list[str], feeds: dict) -> list:
         """Run the compiled explainer. A large call on the CPU is split into row slices run
         in parallel threads on a one-thread session of the same model (rows are
         independent): ONNX Runtime's threads inside each op use the cores worse than
         whole rows do (measured in docs/benchmarks.md: up to 1.9x on a ResNet-style net)."""
         batch = len(next(iter(feeds.values())))
         workers = self._row_workers(batch)
-        split = self._row_split.get(id(session))
-        if workers <= 1 or split is None:
-            return self.recorder.run_session(session, names, feeds)
-        if split[1] is None:
-            split[1] = self.recorder.session_for(split[0], 1)
+        if workers <= 1:
+            return self.recorder.run_session(compiled.session, names, feeds)
+        if compiled.row_session is None:
+            compiled.row_session = self.recorder.session_for(compiled.model, 1)
+        row_session = compiled.row_session
         bounds = [batch * i // workers for i in range(workers + 1)]
         parts = [{k: v[lo:hi] for k, v in feeds.items()} for lo, hi in zip(bounds, bounds[1:])]
-        runs = list(
-            _row_pool(workers).map(lambda f: self.recorder.run_session(split[1], names, f), parts)
-        )
+        run = self.recorder.run_session
+        runs = list(_row_pool(workers).map(lambda f: run(row_session, names, f), parts))
         return [np.concatenate([run[i] for run in runs]) for i in range(len(names))]
 
     def _note(self, message: str) -> None:
@@ -599,10 +607,10 @@ class Explainer:
             self._shared.noted.add(message)
             warnings.warn(message, EngineFallbackWarning, stacklevel=5)
 
-    def _explain_compiled(self, session, x, target, layer) -> Explanation:
-        feeds, fed = self._session_feeds(session, x, target)
+    def _explain_compiled(self, compiled: _Compiled, x, target, layer) -> Explanation:
+        feeds, fed = self._session_feeds(compiled.session, x, target)
         saliency, signal, logits, activation = self._run_compiled(
-            session, [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION], feeds
+            compiled, [SALIENCY, SIGNAL, self.graph.logits_name, ACTIVATION], feeds
         )
         logits = to_float32(logits)
         targets = _session_targets(fed, logits)

@@ -739,15 +739,14 @@ def _with_layout(model: str, layout: str | None):
     if layout is None:
         return model
     from tsgb_onnx.io.export import attach_metadata, read_metadata
-    from tsgb_onnx.io.preprocess import PREPROCESS_KEY
+    from tsgb_onnx.io.preprocess import PREPROCESS_KEY, settings_from_json
     from tsgb_onnx.ir.graph import load_model
 
     proto = load_model(model)
-    try:
-        stored = json.loads(read_metadata(proto).get(PREPROCESS_KEY, "{}"))
-    except ValueError:
+    try:  # unreadable metadata is replaced, as the graph would ignore it
+        stored = settings_from_json(read_metadata(proto).get(PREPROCESS_KEY, "{}"), "metadata")
+    except InputError:
         stored = {}
-    stored = stored if isinstance(stored, dict) else {}
     return attach_metadata(proto, {**stored, "layout": layout})
 
 

@@ -163,6 +163,20 @@ def _jittered(x: np.ndarray, rng) -> np.ndarray:
     return x + JITTER * scale * rng.choice([-1.0, 1.0], size=x.shape)
 
 
+def _draw_input(result: ZooResult, rng, draw, gradient64, gradient32):
+    """(x, target, float64 gradient) of the first drawn input away from every kink (the
+    control above), or of the last of INPUT_TRIES draws."""
+    for attempt in range(INPUT_TRIES):
+        result.input_tries = attempt + 1
+        x = draw()
+        target = rng.integers(0, NUM_CLASSES, size=2)
+        oracle = gradient64(x, target)
+        moved = gradient64(_jittered(x, rng), target)
+        if _stable(result, gradient32(x, target), moved, oracle):
+            break
+    return x, target, oracle
+
+
 def _stable(result: ZooResult, own, moved, oracle) -> bool:
     """Record the control's errors; True when the input is away from every kink."""
     scale = np.abs(oracle).max()
@@ -204,16 +218,13 @@ def check_timm(entry: ZooEntry, exporter: str) -> ZooResult:
         result.status, result.reason = "export failed", _short(exc)
         result.seconds = time.perf_counter() - start
         return result
-    x = target = oracle = None
-    for attempt in range(INPUT_TRIES):
-        result.input_tries = attempt + 1
-        x = rng.standard_normal(shape).astype(np.float32)
-        target = rng.integers(0, NUM_CLASSES, size=2)
-        oracle = _torch_gradient(model64, x, target, torch.float64)
-        own = _torch_gradient(model, x, target, torch.float32)
-        moved = _torch_gradient(model64, _jittered(x, rng), target, torch.float64)
-        if _stable(result, own, moved, oracle):
-            break
+    x, target, oracle = _draw_input(
+        result,
+        rng,
+        lambda: rng.standard_normal(shape).astype(np.float32),
+        lambda x, t: _torch_gradient(model64, x, t, torch.float64),
+        lambda x, t: _torch_gradient(model, x, t, torch.float32),
+    )
     _run_product(result, proto, x, target, oracle)
     result.seconds = time.perf_counter() - start
     return result
@@ -317,16 +328,13 @@ def check_keras(entry: ZooEntry, exporter: str = "tf2onnx") -> ZooResult:
     model64 = _keras_float64(entry, model)
     rng = np.random.default_rng(0)
     shape = (2, entry.size, entry.size, 3)
-    x = target = oracle = None
-    for attempt in range(INPUT_TRIES):
-        result.input_tries = attempt + 1
-        x = (rng.uniform(0, 255, shape)).astype(np.float32)  # Keras apps preprocess inside
-        target = rng.integers(0, NUM_CLASSES, size=2)
-        oracle = _keras_gradient(model64, x, target, np.float64)
-        own = _keras_gradient(model, x, target, np.float32)
-        moved = _keras_gradient(model64, _jittered(x, rng), target, np.float64)
-        if _stable(result, own, moved, oracle):
-            break
+    x, target, oracle = _draw_input(
+        result,
+        rng,
+        lambda: rng.uniform(0, 255, shape).astype(np.float32),  # Keras apps preprocess inside
+        lambda x, t: _keras_gradient(model64, x, t, np.float64),
+        lambda x, t: _keras_gradient(model, x, t, np.float32),
+    )
     _run_product(result, proto, x, target, oracle)
     result.seconds = time.perf_counter() - start
     return result

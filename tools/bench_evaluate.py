@@ -17,25 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
-
-def run(command: list[str]) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS MiB of the process, exit status, stderr)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read()
-    proc.stderr.close()
-    return wall, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status), err
+from bench_ray import run  # (wall s, peak RSS MiB, exit status, stderr) of a command
 
 
 def main() -> int:

@@ -164,17 +164,38 @@ def test_per_call_options_and_captum_aliases(resnet, batch):
 
 
 def test_captum_stdevs_is_an_absolute_noise_std(resnet, batch):
-    from tsgb_onnx.methods.averaging import smoothgrad_noise
-
-    x = batch[:1].numpy() * 10.0  # value range ~ 80: relative and absolute sigma differ
-    absolute = smoothgrad_noise(x, 4, 0.5, seed=0, sigma_mode="absolute")
-    relative = smoothgrad_noise(x, 4, 0.5, seed=0)
-    spread = x.max() - x.min()
+    x = batch[:2].numpy() * 10.0  # value range ~ 80: relative and absolute sigma differ
     noise = np.random.default_rng(0).standard_normal((4,) + x.shape[1:]).astype(np.float32)
-    np.testing.assert_allclose(absolute - x, 0.5 * noise, atol=1e-4)
-    np.testing.assert_allclose(relative - x, 0.5 * spread * noise, atol=1e-3)
-    sg = Explainer(resnet, example=batch[:1], method="smoothgrad", n=2)
+    copies = np.concatenate([row + np.float32(0.5) * noise for row in x])
+    grad = Explainer(resnet, example=batch[:1], method="gradient")
+    want = grad.explain(copies, target=np.repeat([1, 2], 4)).signal.reshape((2, 4) + x.shape[1:])
+    sg = Explainer(resnet, example=batch[:1], method="smoothgrad", n=4, seed=0)
     assert sg.with_options(stdevs=0.5).options["sigma_mode"] == "absolute"
+    got = sg.explain(x, target=[1, 2], stdevs=0.5).signal
+    np.testing.assert_allclose(got, want.mean(1), rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    relative = sg.explain(x, target=[1, 2], sigma=0.5).signal
+    assert np.abs(relative - got).max() > 0.1 * np.abs(got).max()
+
+
+def test_captum_nt_samples_batch_size_counts_copies_of_the_batch(resnet, batch, monkeypatch):
+    """Captum's nt_samples_batch_size is noisy copies of the whole batch per run (rows =
+    it x batch), not rows: 5 samples of 3 images in runs of at most 2 x 3 rows (three of 5),
+    the same maps."""
+    sg = Explainer(resnet, example=batch[:1], method="smoothgrad", n=5, sigma=0.1)
+    x = batch[:3].numpy()
+    plain = sg.explain(x, target=0)
+    rows = []
+    explain = Explainer.explain
+
+    def counting(self, x, *args, **kwargs):
+        rows.append(len(x))
+        return explain(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "explain", counting)
+    chunked = sg.explain(x, target=0, nt_samples_batch_size=2)
+    assert sg.with_options(nt_samples_batch_size=2).options["samples_per_batch"] == 2
+    assert rows[2:] == [5, 5, 5]  # the call itself, its with_options call, then 15 copies in 3
+    np.testing.assert_allclose(chunked.saliency, plain.saliency, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("how", ["minmax", "abs-max"])

@@ -412,6 +412,23 @@ def test_smoothgrad_with_tsgb_base_is_the_mean_of_tsgb_maps(onnx_zoo):
     assert np.abs(other.saliency - want).max() > 1e-2 * np.abs(want).max()
 
 
+def test_smoothgrad_over_a_map_method_is_the_mean_of_its_maps(onnx_zoo):
+    """A map method as base (Grad-CAM: maps upsampled to the input, signals at its layer);
+    chunks of 4 rows cut across the images' 3 copies."""
+    _, proto = onnx_zoo.get("resnet50_style", False)
+    x = onnx_zoo.example("resnet50_style", 3, 8).numpy()
+    n, sigma, seed, targets = 3, 0.1, 4, [1, 7, 3]
+    copies = _noisy_copies(x, n, sigma, seed)
+    each = Explainer(proto, method="gradcam").explain(copies, np.repeat(targets, n))
+    maps = each.saliency
+    got = Explainer(
+        proto, method="smoothgrad", base="gradcam", n=n, sigma=sigma, seed=seed, batch_size=4
+    ).explain(x, target=targets)
+    _close(got.saliency, maps.reshape((3, n) + maps.shape[1:]).mean(1))
+    _close(got.signal, each.signal.reshape((3, n) + each.signal.shape[1:]).mean(1))
+    assert np.abs(got.saliency - maps[::n]).max() > 1e-2 * np.abs(maps).max()
+
+
 # -- Integrated Gradients -----------------------------------------------------------------------
 def _ig_reference(model, x, x0, targets, steps):
     """Midpoint rule: gradients at x0 + (k + 1/2)/steps (x - x0), averaged; map

@@ -34,3 +34,22 @@ def test_one_thread_gives_one_run(onnx_zoo):
     _, proto = onnx_zoo.get("resnet50_style", False)
     explainer = Explainer(proto, method="gradient", backend="compiled", threads=1)
     assert explainer._row_workers(64) == 1
+
+
+def test_clean_pass_before_rows_runs_one_thread_sessions(onnx_zoo):
+    """SmoothGrad's and IG's clean pass: the logits of `infer`, from one-thread sessions
+    (rows split over the threads); bad input is refused as by `infer`."""
+    from tsgb_onnx.errors import InputError
+
+    _, proto = onnx_zoo.get("resnet50_style", False)
+    x = np.random.default_rng(1).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    explainer = Explainer(proto, method="smoothgrad", threads=2)
+    got = explainer.infer_before_rows(x)
+    want = explainer.infer(x)
+    assert got.shape == want.shape == (5, 10)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    threads = {key[2] for key in explainer.recorder._sessions}
+    assert threads == {1, None}  # the one-thread session, and infer's own
+    x[3, 0, 2, 2] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        explainer.infer_before_rows(x)

@@ -295,6 +295,24 @@ class Explainer:
         self._check_finite(x, {"logits": logits})
         return logits
 
+    def infer_before_rows(self, x: np.ndarray) -> np.ndarray:
+        """The logits as `infer`, for a pass followed by row-sliced calls (SmoothGrad's and
+        Integrated Gradients' clean pass): on the CPU it runs on one-thread sessions, rows
+        split over the explainer's threads. A multi-thread ONNX Runtime session's workers
+        spin for a while after each run and slowed the row threads that follow (by 20 ms,
+        about 15%, of Integrated Gradients on the 64-px VGG-style net; docs/benchmarks.md)."""
+        fixed = isinstance((self.graph.input_shape or (None,))[0], int)
+        if fixed or self.device.name == "cuda":
+            return self.infer(x)
+        x = self._check_input(x)
+        workers = max(1, min(self.threads or os.cpu_count() or 1, len(x)))
+        infer = self.recorder.infer
+        logits = np.concatenate(
+            list(_row_pool(workers).map(lambda part: infer(part, 1), _row_slices(x, workers)))
+        )
+        self._check_finite(x, {"logits": logits})
+        return logits
+
     def explain(
         self,
         x: Any,
@@ -595,8 +613,8 @@ class Explainer:
         if compiled.row_session is None:
             compiled.row_session = self.recorder.session_for(compiled.model, 1)
         row_session = compiled.row_session
-        bounds = [batch * i // workers for i in range(workers + 1)]
-        parts = [{k: v[lo:hi] for k, v in feeds.items()} for lo, hi in zip(bounds, bounds[1:])]
+        slices = zip(*(_row_slices(v, workers) for v in feeds.values()))
+        parts = [dict(zip(feeds, values)) for values in slices]
         run = self.recorder.run_session
         runs = list(_row_pool(workers).map(lambda f: run(row_session, names, f), parts))
         return [np.concatenate([run[i] for run in runs]) for i in range(len(names))]
@@ -816,6 +834,12 @@ def _row_pool(workers: int) -> ThreadPoolExecutor:
     if workers not in _ROW_POOLS:
         _ROW_POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="tsgb-rows")
     return _ROW_POOLS[workers]
+
+
+def _row_slices(a, parts: int) -> list:
+    """`a` cut into `parts` consecutive row slices of near-equal size."""
+    bounds = [len(a) * i // parts for i in range(parts + 1)]
+    return [a[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _is_torch(value: Any) -> bool:

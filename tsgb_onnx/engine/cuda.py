@@ -155,8 +155,8 @@ class IoBindingRecorder(ForwardRecorder):
     def _to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
 
-    def run(self, x, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
-        session = self._session(tuple(values), tuple(shapes))
+    def run(self, x, values: tuple[str, ...] = (), shapes: tuple[str, ...] = (), threads=None):
+        session = self._session(tuple(values), tuple(shapes), threads)
         names = [o.name for o in session.get_outputs()]
         binding = session.io_binding()
         if isinstance(x, np.ndarray):

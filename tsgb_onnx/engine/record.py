@@ -102,12 +102,17 @@ class ForwardRecorder:
         # shapes come from its kernels, not from Shape nodes folded from inferred shapes
         self.optimize = optimize
         self._sessions: dict[tuple, object] = {}
+        self._sessions_lock = threading.Lock()  # row threads may ask for a session at once
 
-    def _session(self, values: tuple[str, ...], shapes: tuple[str, ...]):
-        key = (values, shapes)
-        if key not in self._sessions:
-            self._sessions[key] = self.session_for(recording_model(self.graph, values, shapes))
-        return self._sessions[key]
+    def _session(
+        self, values: tuple[str, ...], shapes: tuple[str, ...], threads: int | None = None
+    ):
+        key = (values, shapes, threads)
+        with self._sessions_lock:
+            if key not in self._sessions:
+                model = recording_model(self.graph, values, shapes)
+                self._sessions[key] = self.session_for(model, threads)
+            return self._sessions[key]
 
     def session_for(self, model: onnx.ModelProto, threads: int | None = None):
         """An ONNX Runtime session on `model` with this recorder's providers."""
@@ -151,13 +156,20 @@ class ForwardRecorder:
         """`x` (float32) in the model input's own dtype (e.g. float16)."""
         return as_input_dtype(self.graph, x)
 
-    def run(self, x: np.ndarray, values: tuple[str, ...] = (), shapes: tuple[str, ...] = ()):
-        """Forward `x`; return (logits, {tensor: value}, {tensor: shape}).
+    def run(
+        self,
+        x: np.ndarray,
+        values: tuple[str, ...] = (),
+        shapes: tuple[str, ...] = (),
+        threads: int | None = None,
+    ):
+        """Forward `x`; return (logits, {tensor: value}, {tensor: shape}); `threads`: the
+        session's intra-op threads (None: ONNX Runtime's default).
 
         The boundary of the engine's float32: `x` is fed in the model's input dtype, and the
         logits and every recorded float tensor of another float type (float16, float64) come
         back as float32; the backward computes in float32 throughout."""
-        session = self._session(tuple(values), tuple(shapes))
+        session = self._session(tuple(values), tuple(shapes), threads)
         names = [o.name for o in session.get_outputs()]
         fed = self.feed(x)
         outs = self.run_session(session, names, {self.graph.input_name: fed})
@@ -174,9 +186,9 @@ class ForwardRecorder:
             shape_map[self.graph.input_name] = tuple(x.shape)
         return recorded[self.graph.logits_name], value_map, shape_map
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
         """Plain inference: the logits only."""
-        return self.run(x)[0]
+        return self.run(x, threads=threads)[0]
 
     def release_memory(self) -> bool:
         """Hand the unused memory of ONNX Runtime's CPU arena back to the system.

@@ -407,7 +407,7 @@ def method_options(method: str, options: dict, rows: int) -> dict:
     from tsgb_onnx.methods.table import get_method
 
     chunked = "batch_size" in get_method(method).defaults
-    aliases = ("nt_samples_batch_size", "internal_batch_size")
+    aliases = ("nt_samples_batch_size", "samples_per_batch", "internal_batch_size")
     if chunked and not any(k in options for k in ("batch_size", *aliases)):
         return {**options, "batch_size": int(rows)}
     return dict(options)

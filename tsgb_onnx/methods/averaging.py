@@ -1,7 +1,8 @@
 """SmoothGrad and Integrated Gradients around any method, batched.
 
 All noisy / interpolated copies of every image go through the base method in a few large
-batches (`batch_size` rows each), never one call per copy. Both are registered as map
+batches (at most `batch_size` rows each), never one call per copy, and each batch's maps
+are folded into the means as they come. Both are registered as map
 methods (`smoothgrad`, `integrated_gradients`) with option `base` (default "gradient");
 options they do not define go to the base method (e.g. `alpha` for base "tsgb").
 """
@@ -15,7 +16,7 @@ from tsgb_onnx.methods.cam import chunk_rows
 from tsgb_onnx.methods.result import Explanation
 
 _OWN = {
-    "smoothgrad": ("base", "n", "sigma", "sigma_mode", "seed", "batch_size"),
+    "smoothgrad": ("base", "n", "sigma", "sigma_mode", "seed", "batch_size", "samples_per_batch"),
     "integrated_gradients": ("base", "steps", "baseline", "quadrature", "batch_size"),
 }
 
@@ -28,27 +29,45 @@ def _base_explainer(explainer, options, name):
     return explainer.sub_explainer(base, **rest)
 
 
-def _explain_rows(base, copies, targets, layer, chunk):
-    """Explain `copies` in chunks of `chunk` rows; (saliency, signal or None) stacked."""
-    maps, signals = [], []
-    for lo in range(0, len(copies), chunk):
-        part = base.explain(copies[lo : lo + chunk], target=targets[lo : lo + chunk], layer=layer)
-        maps.append(part.saliency)
-        signals.append(part.signal)
-    signal = None if any(s is None for s in signals) else np.concatenate(signals)
-    return np.concatenate(maps), signal, part.layer
+def _weighted_means(base, n_rows, copies, weights, targets, layer, chunk, saliency=True):
+    """Per input row, the weighted sums over its copies of the base method's maps (and
+    signals): row b's copies are copies b*k .. b*k+k-1 (k = len(weights)), copy j weighted
+    weights[j]. `copies(lo, hi)` builds copies lo..hi-1: one chunk (at most `chunk` rows,
+    the chunks of near-equal size, so none is a small remainder) exists at a time, and each
+    chunk's results are folded into the sums as they come, never stacked. Returns (maps or
+    None, signals or None, layer).
+
+    The folding is NumPy's own einsum, not a BLAS product: BLAS worker threads spin after
+    each call and slowed ONNX Runtime's row threads of the next chunk by ~40%."""
+    k = len(weights)
+    total = n_rows * k
+    sums: dict[str, np.ndarray | None] = {}
+    layer_name = None
+    parts = -(-total // chunk)
+    bounds = [total * i // parts for i in range(parts + 1)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        part = base.explain(copies(lo, hi), target=targets[lo:hi], layer=layer)
+        layer_name = part.layer
+        for key, value in (("map", part.saliency if saliency else None), ("signal", part.signal)):
+            if value is None or (key in sums and sums[key] is None):
+                sums[key] = None  # a base method without signals has none
+                continue
+            acc = sums.setdefault(key, np.zeros((n_rows,) + value.shape[1:], np.float32))
+            for row in range(lo // k, (hi - 1) // k + 1):  # the rows this chunk's copies are of
+                first, last = max(lo, row * k), min(hi, (row + 1) * k)
+                step = weights[first - row * k : last - row * k]
+                acc[row] += np.einsum("j,j...->...", step, value[first - lo : last - lo])
+    return sums.get("map"), sums.get("signal"), layer_name
 
 
 SIGMA_MODES = ("range", "absolute")
 QUADRATURES = ("midpoint", "gausslegendre")
 
 
-def smoothgrad_noise(
-    x: np.ndarray, n: int, sigma: float, seed: int, sigma_mode: str = "range"
-) -> np.ndarray:
-    """The `n` noisy copies of every row of `x` ([B*n, ...], row b's copies contiguous):
-    Gaussian noise with std `sigma` times the row's value range (`sigma_mode` "range", the
-    SmoothGrad paper's) or `sigma` itself ("absolute", Captum's `stdevs`). The `n` noise draws
+def _noise(x, n, sigma, seed, sigma_mode) -> tuple[np.ndarray, np.ndarray]:
+    """SmoothGrad's `n` noise draws [n, ...] and each row's noise scale [B, 1, ...]: noise
+    with std `sigma` times the row's value range (`sigma_mode` "range", the SmoothGrad
+    paper's) or `sigma` itself ("absolute", Captum's `stdevs`). The draws
     (``default_rng(seed).standard_normal([n, ...])``) are the same for every row, so a row's
     copies, and its map, do not depend on the rest of the batch."""
     rng = np.random.default_rng(seed)
@@ -56,10 +75,8 @@ def smoothgrad_noise(
     spread = (flat.max(axis=1) - flat.min(axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
     if sigma_mode == "absolute":
         spread = np.ones_like(spread)
-    copies = np.repeat(x, n, axis=0)
     noise = rng.standard_normal((n,) + x.shape[1:]).astype(np.float32)
-    noise = np.tile(noise, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return (copies + noise * np.repeat(spread * np.float32(sigma), n, axis=0)).astype(np.float32)
+    return noise, (spread * np.float32(sigma)).astype(np.float32)
 
 
 def smoothgrad(
@@ -74,11 +91,14 @@ def smoothgrad(
     sigma_mode="range",
     seed=0,
     batch_size=64,
+    samples_per_batch=None,
     **base_options,
 ):
     """Mean of the base method's maps (and signals) over `n` noisy copies of each image.
 
-    The target of every copy is the clean image's (None: its top-1 class)."""
+    The target of every copy is the clean image's (None: its top-1 class). The copies run
+    `batch_size` rows at a time, or with `samples_per_batch` (Captum's
+    `nt_samples_batch_size`) that many noisy copies of the whole batch at a time."""
     options = {
         "base": base,
         "n": n,
@@ -86,18 +106,28 @@ def smoothgrad(
         "sigma_mode": sigma_mode,
         "seed": seed,
         "batch_size": batch_size,
+        "samples_per_batch": samples_per_batch,
         **base_options,
     }
+    if samples_per_batch is not None:
+        batch_size = samples_per_batch * len(x)
     sub = _base_explainer(explainer, options, "smoothgrad")
-    logits = explainer.infer(x)
+    logits = explainer.infer_before_rows(x)
     targets = explainer.targets(target, logits)
-    copies = smoothgrad_noise(x, n, sigma, seed, sigma_mode)
-    maps, signals, layer_name = _explain_rows(
-        sub, copies, np.repeat(targets, n), layer, chunk_rows(explainer, batch_size)
-    )
-    saliency = maps.reshape((len(x), n) + maps.shape[1:]).mean(axis=1)
-    signal = (
-        None if signals is None else signals.reshape((len(x), n) + signals.shape[1:]).mean(axis=1)
+    noise, scale = _noise(x, n, sigma, seed, sigma_mode)
+
+    def copies(lo, hi):
+        index = np.arange(lo, hi)
+        return (x[index // n] + noise[index % n] * scale[index // n]).astype(np.float32)
+
+    saliency, signal, layer_name = _weighted_means(
+        sub,
+        len(x),
+        copies,
+        np.full(n, 1.0 / n, dtype=np.float32),
+        np.repeat(targets, n),
+        layer,
+        chunk_rows(explainer, batch_size),
     )
     return Explanation(
         saliency=saliency,
@@ -143,20 +173,26 @@ def integrated_gradients(
         )
     sub = _base_explainer(explainer, options, "integrated_gradients")
     x0 = np.broadcast_to(np.asarray(baseline, dtype=np.float32), x.shape)
-    logits = explainer.infer(x)
+    logits = explainer.infer_before_rows(x)
     targets = explainer.targets(target, logits)
     points, weights = path_points(steps, quadrature)
-    alphas = points.reshape((1, steps) + (1,) * (x.ndim - 1))
-    path = (x0[:, None] + alphas * (x - x0)[:, None]).reshape((-1,) + x.shape[1:])
-    _, signals, _ = _explain_rows(
+    unit = (1,) * (x.ndim - 1)
+
+    def copies(lo, hi):
+        index = np.arange(lo, hi)
+        rows, alphas = index // steps, points[index % steps].reshape((-1,) + unit)
+        return (x0[rows] + alphas * (x[rows] - x0[rows])).astype(np.float32)
+
+    _, mean_signal, _ = _weighted_means(
         sub,
-        path.astype(np.float32),
+        len(x),
+        copies,
+        weights,
         np.repeat(targets, steps),
         None,
         chunk_rows(explainer, batch_size),
+        saliency=False,
     )
-    per_step = signals.reshape((len(x), steps) + x.shape[1:])
-    mean_signal = np.tensordot(per_step, weights, axes=([1], [0])).astype(np.float32)  # [B, ...]
     product = (x - x0) * mean_signal
     axis = graph.channel_axis(graph.input_name)
     saliency = product.sum(axis=axis) if product.ndim > 1 else product
@@ -191,6 +227,8 @@ def _positive_int(name, key):
 def check_smoothgrad(options: dict) -> None:
     _positive_int("smoothgrad", "n")(options["n"])
     _positive_int("smoothgrad", "batch_size")(options["batch_size"])
+    if options["samples_per_batch"] is not None:
+        _positive_int("smoothgrad", "samples_per_batch")(options["samples_per_batch"])
     sigma = options["sigma"]
     if (
         isinstance(sigma, bool)

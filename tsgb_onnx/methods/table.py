@@ -198,12 +198,14 @@ register_method(
             "sigma_mode": "range",
             "seed": 0,
             "batch_size": 64,
+            "samples_per_batch": None,
         },
-        # Captum's NoiseTunnel names; its stdevs is an absolute noise std
+        # Captum's NoiseTunnel names; its stdevs is an absolute noise std, and its
+        # nt_samples_batch_size counts noisy copies of the whole batch, not rows
         aliases={
             "nt_samples": "n",
             "stdevs": lambda v: {"sigma": v, "sigma_mode": "absolute"},
-            "nt_samples_batch_size": "batch_size",
+            "nt_samples_batch_size": "samples_per_batch",
         },
         description="SmoothGrad: the base method's map averaged over n noisy copies "
         "(sigma: noise std as a fraction of each image's value range, or absolute with "

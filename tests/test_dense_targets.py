@@ -413,6 +413,25 @@ def test_dense_target_on_a_classifier_output():
     assert "give the class index" in _one_line(exc)
 
 
+def test_check_target_refuses_before_any_input(seg):
+    """`check_target` gives the errors explaining would, without an input (a driver
+    checks once what every worker would refuse)."""
+    _, proto = seg
+    explainer = Explainer(proto, method="gradient")
+    explainer.check_target(DenseTarget(2, box=(0, 0, 4, 4)))  # fits: nothing raised
+    explainer.check_target([DenseTarget(1), DenseTarget(3, mask=np.ones((SIZE, SIZE)))])
+    for target, fragment in [
+        (DenseTarget(2, mask=np.ones((SIZE, SIZE // 2))), "mask of shape"),
+        (DenseTarget(CHANNELS), "out of range"),
+        (2, "DenseTarget"),  # a class target on the dense output
+    ]:
+        with pytest.raises(TargetError) as exc:
+            explainer.check_target(target)
+        assert fragment in _one_line(exc)
+    with pytest.raises(MethodError, match="softmax"):
+        Explainer(proto, method="groupcam").check_target(DenseTarget(1))
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -479,6 +498,32 @@ def test_cli_dense_png_and_folder(cli_files, capsys):
     record = json.loads((folder / "results.json").read_text())["inputs"][0]["maps"][0]
     assert record["target"] == 1 and record["prob"] is None and np.isfinite(record["score"])
     assert (folder / record["png"]).exists()
+
+
+def test_cli_convert_seed_input_writes_a_dense_target_explainer(seg, cli_files, capsys):
+    """`tsgb convert --seed-input`: an explainer fed the dense target's seed (channel one-hot
+    x mask) in plain ONNX Runtime gives the API's map."""
+    import onnxruntime as ort
+
+    from tsgb_onnx.methods.result import dense_seed, resolve_dense_targets
+
+    _, proto = seg
+    root, x, mask = cli_files
+    out = root / "seg_explainer.onnx"
+    args = ["convert", root / "seg.onnx", "-o", out, "--method", "guided_backprop"]
+    code, stdout, err = _run(capsys, *args, "--seed-input")
+    assert code == 0, err
+    assert "seed" in stdout.split("inputs: ")[1].split(";")[0], stdout
+    target = DenseTarget(2, mask=mask)
+    want = Explainer(proto, method="guided_backprop").explain(x, target=target)
+    resolved = resolve_dense_targets(target, want.logits.shape, 1)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()][1:] == ["seed"]  # no `target`
+    feeds = {session.get_inputs()[0].name: x, "seed": dense_seed(resolved, want.logits.shape)}
+    (saliency,) = session.run(["saliency"], feeds)
+    _close(saliency, want.saliency)
+    code, _, err = _run(capsys, *args, "--seed-input", "--optional-target")
+    assert "optional_target" in _one_error(code, err)
 
 
 @pytest.mark.parametrize(

@@ -231,6 +231,119 @@ def test_ray_flags_are_checked_before_any_work(tmp_path, ray_address, capsys):
     assert 'method: "tsgb" there, "gradient" now' in capsys.readouterr().err
 
 
+def test_layout_flag_reaches_the_workers(tmp_path, ray_address, capsys):
+    """`--layout nhwc` on a model whose layout the graph cannot tell (RGB on both sides of a
+    [N, 3, 5, 3] input): the workers explain with it, as the in-process command does."""
+    from onnx_builders import make_model, node
+
+    rng = np.random.default_rng(4)
+    weights = {
+        "w": rng.standard_normal((2, 45)).astype(np.float32),
+        "b": rng.standard_normal(2).astype(np.float32),
+    }
+    nodes = [node("Flatten", ["X"], ["f"]), node("Gemm", ["f", "w", "b"], ["Y"], transB=1)]
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(make_model(nodes, ["N", 3, 5, 3], weights).SerializeToString())
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "x.npy", rng.standard_normal((2, 3, 5, 3)).astype(np.float32))
+    args = ["explain", str(model), str(folder), "--method", "gradient", "--target", "1"]
+    local, far = tmp_path / "local", tmp_path / "ray"
+    assert main([*args, "--layout", "nhwc", "--out-dir", str(local), "--format", "npy"]) == 0
+    code = main([*args, "--layout", "nhwc", "--engine", "ray", "--out-dir", str(far)])
+    assert code == 0, capsys.readouterr().err
+    entries = json.loads((local / "results.json").read_text())["inputs"]
+    table = store.read_parts(far, store.RESULTS)
+    assert table.num_rows == len(entries) == 2
+    names = table.column("name").to_pylist()
+    for entry in entries:
+        i = names.index(entry["name"])
+        want = np.load(local / entry["files"][0])[0]
+        assert want.shape == (3, 5)  # a map over the input's 3 x 5 positions: channels last
+        np.testing.assert_allclose(map_of(table, i), want, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def seg_files(tmp_path_factory):
+    """A 2-layer conv net with a dense [N, 4, 12, 12] output, a 3-row .npy input, a mask."""
+    from onnx_builders import make_model, node
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    weights = {
+        "w1": (0.5 * rng.standard_normal((6, 3, 3, 3))).astype(np.float32),
+        "w2": (0.5 * rng.standard_normal((4, 6, 3, 3))).astype(np.float32),
+    }
+    nodes = [
+        node("Conv", ["X", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "w2"], ["Y"], pads=[1, 1, 1, 1]),
+    ]
+    root = tmp_path_factory.mktemp("ray_dense")
+    model = root / "seg.onnx"
+    model.write_bytes(make_model(nodes, ["N", 3, 12, 12], weights).SerializeToString())
+    inputs = root / "in"
+    inputs.mkdir()
+    np.save(inputs / "x.npy", rng.standard_normal((3, 3, 12, 12)).astype(np.float32))
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:7, 4:11] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(mask[:6]).save(root / "short.png")
+    return root, model, inputs
+
+
+@pytest.mark.parametrize("region", [["--target-mask", "MASK"], ["--target-box", "2,4,7,11"]])
+def test_dense_targets_on_ray_equal_the_in_process_maps(seg_files, ray_address, capsys, region):
+    root, model, inputs = seg_files
+    region = [str(root / "mask.png") if a == "MASK" else a for a in region]
+    args = ["explain", str(model), str(inputs), "--method", "gradient", "--target", "2", *region]
+    tag = region[0][2:]
+    local, far = root / f"local-{tag}", root / f"ray-{tag}"
+    assert main([*args, "--out-dir", str(local), "--format", "npy"]) == 0
+    code = main([*args, "--engine", "ray", "--out-dir", str(far), "--batch-size", "2"])
+    assert code == 0, capsys.readouterr().err
+    entries = json.loads((local / "results.json").read_text())["inputs"]
+    table = store.read_parts(far, store.RESULTS)
+    assert table.num_rows == len(entries) == 3
+    names = table.column("name").to_pylist()
+    for entry in entries:
+        i, want = names.index(entry["name"]), entry["maps"][0]
+        assert table.column("target")[i].as_py() == want["target"] == 2
+        assert table.column("prob")[i].as_py() is None
+        assert table.column("score")[i].as_py() == pytest.approx(want["score"], rel=1e-5)
+        expected = np.load(local / entry["files"][0])[0]
+        np.testing.assert_allclose(map_of(table, i), expected, rtol=0, atol=1e-6)
+    assert json.loads((far / "run.json").read_text())["dense"]["box"] == (
+        None if tag == "target-mask" else [2, 4, 7, 11]
+    )
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--target", "2", "--target-mask", "SHORT"], "mask of shape"),
+        (["--target", "9", "--target-box", "0,0,4,4"], "channel 9 is out of range"),
+        (["--target-box", "0,0,4,4"], "give --target CHANNEL"),
+        (["--target", "2"], "--target-mask"),  # a class target on a dense output
+        (["--method", "groupcam", "--target", "2", "--target-box", "0,0,4,4"], "softmax"),
+    ],
+)
+def test_dense_target_errors_on_ray_come_before_any_work(
+    seg_files, ray_address, capsys, extra, fragment
+):
+    root, model, inputs = seg_files
+    extra = [str(root / "short.png") if a == "SHORT" else a for a in extra]
+    if "--method" not in extra:
+        extra += ["--method", "gradient"]
+    out = root / "refused"
+    code = main(
+        ["explain", str(model), str(inputs), *extra, "--engine", "ray", "--out-dir", str(out)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and fragment in err and "\n" not in err, err
+    assert not out.exists()
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 def _manifest_folder(folder: Path, count: int) -> Path:
     made = _write_scenes(folder, count, seed=5, masks=True)

@@ -4,7 +4,8 @@ The program runs on the ONNX emitter backend (`backends.onnx_ops`), so every rul
 standard ONNX nodes to the (canonicalised) model itself; the explainer runs in any ONNX
 runtime with no tsgb_onnx code on the path (`backends.compile` assembles it):
 
-    inputs:  the model input, and optional int64 `target` [B] or [1] (< 0 or not fed: top-1)
+    inputs:  the model input, and optional int64 `target` [B] or [1] (< 0 or not fed: top-1),
+             or (seed_input) a float `seed` shaped like the output, e.g. a dense target's
     outputs: the model's own outputs, `saliency` [B, *spatial], and `signal` (keep_signal)
 """
 
@@ -45,6 +46,7 @@ def convert(
     keep_signal: bool = False,
     output: str | None = None,
     optional_target: bool = False,
+    seed_input: bool = False,
     **options,
 ) -> onnx.ModelProto:
     """An ONNX model that returns the model's outputs plus `saliency` for `method`.
@@ -56,8 +58,13 @@ def convert(
     `target` of another length, gets a NaN map. `optional_target=True` gives `target` the
     default [-1], so it may be left unfed (runtimes then list it among the overridable
     initializers, not the inputs).
+
+    `seed_input=True`: instead of `target`, an input `seed` shaped like the output seeds the
+    backward (a dense output's channel one-hot x mask, `DenseTarget`'s seed; any seed).
     """
     chosen = _one_pass(method)
+    if seed_input and optional_target:
+        raise MethodError("convert: seed_input replaces the target input; optional_target has none")
     return compile_model(
         model,
         chosen,
@@ -67,6 +74,7 @@ def convert(
         keep_signal,
         seed_input=False,
         optional_target=optional_target,
+        dense_seed=seed_input,
     )
 
 

@@ -518,6 +518,17 @@ class Explainer:
         """The dense output's default channel axis: 1, or -1 when it is channels-last."""
         return self.graph.channel_axis(self.graph.logits_name)
 
+    def check_target(self, target: TargetLike) -> None:
+        """Refuse, before any input is read, a target this explainer cannot explain: a
+        DenseTarget for a method that needs a class (MethodError), or one that does not fit
+        the output when the output's shape is fixed apart from the batch (TargetError);
+        a class target on a dense output (TargetError)."""
+        dense = self._dense_target(target)
+        shape = self.graph.shapes.get(self.graph.logits_name)
+        if dense and shape is not None and all(isinstance(d, int) for d in shape[1:]):
+            rows = len(target) if isinstance(target, (list, tuple)) else 1
+            resolve_dense_targets(target, (rows, *shape[1:]), self._dense_axis())
+
     def _dense_target(self, target: TargetLike) -> bool:
         """Whether `target` is dense: a MethodError when the method needs a class, a
         TargetError for a class target on an output that is not [batch, classes]."""

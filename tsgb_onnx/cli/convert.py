@@ -26,6 +26,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         keep_signal=args.keep_signal,
         output=args.output,
         optional_target=args.optional_target,
+        seed_input=args.seed_input,
         **method_options(args),
     )
     write_bytes_atomic(out, model.SerializeToString())
@@ -53,5 +54,11 @@ def register(sub) -> None:
         action="store_true",
         help="give the `target` input the default [-1] (top-1) so it may be left unfed; it is "
         "then an overridable initializer, not listed among the runtime's inputs",
+    )
+    c.add_argument(
+        "--seed-input",
+        action="store_true",
+        help="an input `seed` shaped like the output seeds the backward instead of `target`: "
+        "for a dense output (segmentation map), feed channel one-hot x mask",
     )
     c.set_defaults(func=cmd_convert)

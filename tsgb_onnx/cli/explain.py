@@ -752,8 +752,6 @@ def _with_layout(model: str, layout: str | None):
 
 def check_engine(args: argparse.Namespace) -> None:
     """--engine ray writes a folder; --address / --workers belong to it."""
-    if args.engine == "ray" and (args.target_mask is not None or args.target_box is not None):
-        raise InputError("--target-mask / --target-box run in-process: leave out --engine ray")
     if args.engine != "ray":
         for flag, value in (("--address", args.address), ("--workers", args.workers)):
             if value is not None:
@@ -778,6 +776,8 @@ def run_on_ray(args, explainer, settings: Settings, prep: Preprocessing) -> int:
     classes = explainer.graph.num_classes
     if classes is not None and settings.top_k > classes:
         raise InputError(f"--top-k {settings.top_k} is more than the model's {classes} classes")
+    # what the workers would refuse for every input is refused here, once
+    explainer.check_target(dense_targets(target, settings) if settings.dense else target)
     # the default --out-dir formats are png,html; on Ray the Parquet results are the output
     formats = tuple(dict.fromkeys(f for group in args.format for f in group))
     files = discover(settings.inputs)
@@ -799,10 +799,19 @@ def run_on_ray(args, explainer, settings: Settings, prep: Preprocessing) -> int:
         cmap=settings.cmap,
         out_dir=str(settings.out_dir),
         batch_size=settings.batch_size,
+        mask=None if settings.mask is None else settings.mask.tolist(),
+        box=None if settings.box is None else list(settings.box),
     )
     progress = sys.stderr.isatty() if settings.progress is None else settings.progress
+    stated = None if args.layout is None else _with_layout(args.model, args.layout)
     summary = run_explain(
-        args.model, files, job, address=args.address, workers=args.workers, progress=progress
+        args.model,
+        files,
+        job,
+        address=args.address,
+        workers=args.workers,
+        progress=progress,
+        model_bytes=None if stated is None else stated.SerializeToString(),  # --layout
     )
     failed = f", {summary.failed} failed (errors/)" if summary.failed else ""
     print(

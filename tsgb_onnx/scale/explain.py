@@ -51,6 +51,23 @@ class ExplainJob:
     out_dir: str = "tsgb_maps"
     batch_size: int = 8
     threads: int | None = None
+    # a dense output's target: `target` is then the channel, scored over this mask (nested
+    # lists of the output positions) or box (y0, x0, y1, x1); both None: class targets
+    mask: list | None = None
+    box: list | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.mask is not None or self.box is not None
+
+    def dense_target(self, channel: int):
+        """The DenseTarget of `channel` with this job's mask or box."""
+        from tsgb_onnx.methods.result import DenseTarget
+
+        mask = None if self.mask is None else np.asarray(self.mask, dtype=np.float32)
+        return DenseTarget(
+            int(channel), mask=mask, box=None if self.box is None else tuple(self.box)
+        )
 
 
 @dataclass
@@ -191,13 +208,17 @@ class ExplainWorker:
         target = self.job.target
         if isinstance(target, list):
             target = [target[r[4] + i] for r in read for i in range(len(r[5]))]
+        if self.job.dense:  # one channel per row (the CLI allows no --top-k with it)
+            channels = target if isinstance(target, list) else [target] * len(x)
+            target = [self.job.dense_target(c) for c in channels]
         step = max(1, self.job.batch_size)
         maps, logits = [], []
         for lo in range(0, len(x), step):
             fixed = target[lo : lo + step] if isinstance(target, list) else target
             first = self._one(x[lo : lo + step], fixed)
-            ranked = np.argsort(-first.logits, axis=1, kind="stable")[:, : self.job.top_k]
             per_rank = [(first.saliency, first.target)]
+            if self.job.top_k > 1:
+                ranked = np.argsort(-first.logits, axis=1, kind="stable")[:, : self.job.top_k]
             for r in range(1, self.job.top_k):
                 res = self._one(x[lo : lo + step], ranked[:, r])
                 per_rank.append((res.saliency, res.target))
@@ -234,7 +255,8 @@ class ExplainWorker:
         from tsgb_onnx.io.render import sign_balance
 
         rows, at = [], 0
-        probs = _softmax(logits.astype(np.float64))
+        dense = self.job.dense  # no class probabilities: the masked score instead
+        probs = None if dense else _softmax(logits.astype(np.float64))
         for key, path, _name, stem, _offset, xs, pictures, names in read:
             for i in range(len(xs)):
                 row_stem = stem if len(xs) == 1 else f"{stem}[{i}]"
@@ -245,7 +267,8 @@ class ExplainWorker:
                 if self._pictures:
                     input_png = self._input_png(row_stem, pictures[i], xs[i])
                 for r, (sal, tgt) in enumerate(ranks):
-                    t = int(tgt[at])
+                    t = int(tgt[at].channel) if dense else int(tgt[at])
+                    score = tgt[at].score(logits[at]) if dense else None
                     balance = sign_balance(sal[at], self.job.colormap)
                     png = None
                     if self._pictures:
@@ -259,8 +282,9 @@ class ExplainWorker:
                             "rank": r + 1,
                             "target": t,
                             "label": label_of(t, self.job.labels),
-                            "logit": float(logits[at, t]),
-                            "prob": float(probs[at, t]),
+                            "logit": None if dense else float(logits[at, t]),
+                            "prob": None if dense else float(probs[at, t]),
+                            "score": score,
                             "saliency": np.asarray(sal[at], dtype=np.float32),
                             "png": png,
                             "input_png": input_png,
@@ -376,6 +400,8 @@ def _result_columns(rows: list[dict]) -> dict:
     columns["target"] = pa.array([r["target"] for r in rows], type=pa.int64())
     for name in ("logit", "prob", "positive_mass", "negative_mass"):
         columns[name] = pa.array([r[name] for r in rows], type=pa.float64())
+    if rows[0]["score"] is not None:  # a dense target's masked score (a dense run only)
+        columns["score"] = pa.array([r["score"] for r in rows], type=pa.float64())
     columns["saliency"], columns["shape"] = map_columns([r["saliency"] for r in rows])
     return columns
 
@@ -478,6 +504,12 @@ def run_explain(
         "colormap": job.colormap,
         "cmap": job.cmap,
     }
+    if job.dense:  # the mask by its digest: run.json stays small
+        mask = None if job.mask is None else np.asarray(job.mask, np.float32)
+        run["dense"] = {
+            "mask": None if mask is None else f"{list(mask.shape)} {store.digest(mask.tobytes())}",
+            "box": job.box,
+        }
     summary = RunSummary(inputs=len(records))
     with store.OutDir(job.out_dir, run) as out:
         done = out.done_keys()

@@ -278,6 +278,33 @@ def test_undecidable_layout_is_refused_with_the_way_to_state_it():
     assert build_graph(_mlp_on((1, 5, 7))).input_layout() == "nchw"
 
 
+def test_a_layer_after_a_transpose_and_activations_is_channels_last():
+    """Conv -> Transpose to NHWC -> Relu -> Sigmoid / Add -> Transpose back: the Relu and
+    Add outputs are channels-last though no consumer of theirs is a Transpose; Grad-CAM
+    there averages the gradient over H, W and sums over the last axis."""
+    nodes = [
+        node("Conv", ["X", "w"], ["c"], pads=[1, 1, 1, 1]),
+        node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+        node("Relu", ["t"], ["r"]),
+        node("Sigmoid", ["r"], ["s"]),
+        node("Add", ["r", "s"], ["a"]),
+        node("Transpose", ["a"], ["b"], perm=[0, 3, 1, 2]),
+        node("GlobalAveragePool", ["b"], ["p"]),
+        node("Flatten", ["p"], ["f"]),
+        node("Gemm", ["f", "g", "h"], ["Y"], transB=1),
+    ]
+    inits = {"w": _weights(6, 3, 3, 3), "g": _weights(4, 6), "h": _weights(4)}
+    model = make_model(nodes, ["N", 3, 8, 10], inits)
+    graph = build_graph(model)
+    assert [graph.channel_axis(t) for t in ("c", "t", "r", "s", "a", "b")] == [1, -1, -1, -1, -1, 1]
+    x = RNG.standard_normal((2, 3, 8, 10)).astype(np.float32)
+    _, _, taken = Explainer(model, method="gradient").signals(x, target=[1, 3], layers=["r"])
+    activation, signal = taken["r"]  # [2, 8, 10, 6]
+    want = np.maximum((signal.mean(axis=(1, 2), keepdims=True) * activation).sum(-1), 0)
+    got = Explainer(model, method="gradcam", layer="r").explain(x, target=[1, 3]).saliency
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 # -- 4. a Keras model tf2onnx cannot export ------------------------------------------------------
 
 

@@ -127,6 +127,7 @@ class Graph:
         self.logits_name = logits_name
         self._noted_metadata = False
         self._input_layout: str | None = None
+        self._last: set[str] | None = None  # channels-last tensors (`_channels_last`)
 
     # -- queries -----------------------------------------------------------------
     def is_float(self, tensor: str) -> bool:
@@ -151,9 +152,9 @@ class Graph:
 
     def channel_axis(self, tensor: str) -> int:
         """Channel axis of `tensor`: -1 when it is channels-last (every consumer transposes
-        it to channels-first, as at the NHWC inputs of TensorFlow/Keras exports, or its
-        producer transposed channels-first to channels-last), else 1. The model input's is
-        `input_layout`'s."""
+        it to channels-first, as at the NHWC inputs of TensorFlow/Keras exports; or it is a
+        Transpose's channels-first to channels-last, or what element-wise ops of the same
+        shape make of one), else 1. The model input's is `input_layout`'s."""
         shape = self.shapes.get(tensor)
         consumers = self.consumers.get(tensor, [])
         if tensor == self.input_name and shape and len(shape) >= 3:
@@ -161,13 +162,7 @@ class Graph:
         if not shape or len(shape) < 3:
             return 1
         rank = len(shape)
-        producer = self.producer.get(tensor)
-        to_last = [0] + list(range(2, rank)) + [1]
-        if (
-            producer is not None
-            and producer.op_type == "Transpose"
-            and list(producer.attr("perm") or []) == to_last
-        ):
+        if tensor in self._channels_last():
             return -1
         to_first = [0, rank - 1] + list(range(1, rank - 1))
         if consumers and all(
@@ -175,6 +170,29 @@ class Graph:
         ):
             return -1
         return 1
+
+    def _channels_last(self) -> set[str]:
+        """The tensors a Transpose makes channels-last, and the outputs of element-wise ops
+        (`_LAYOUT_FOLLOWING`) of the same shape as a channels-last input, in topological
+        order: a layer read after a Transpose and an activation is still channels-last."""
+        if self._last is None:
+            last: set[str] = set()
+            for node in self.nodes:
+                out = node.outputs[0] if node.outputs else ""
+                shape = self.shapes.get(out)
+                if not out or not shape or len(shape) < 3:
+                    continue
+                rank = len(shape)
+                if node.op_type == "Transpose":
+                    perm = list(node.attr("perm") or [])
+                    if perm == [0] + list(range(2, rank)) + [1]:
+                        last.add(out)
+                elif node.op_type in _LAYOUT_FOLLOWING and any(
+                    t in last and (self.shapes.get(t) or ())[1:] == shape[1:] for t in node.inputs
+                ):
+                    last.add(out)
+            self._last = last
+        return self._last
 
     def input_layout(self) -> str:
         """The model input's layout, 'nchw' or 'nhwc': the exporters' metadata
@@ -286,6 +304,25 @@ _LAYOUT_KEEPING = frozenset(
         "DequantizeLinear",
     ]
 )
+# element-wise ops whose output is laid out as their same-shaped input (`_channels_last`)
+_LAYOUT_FOLLOWING = _LAYOUT_KEEPING | {
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Gelu",
+    "Erf",
+    "Exp",
+    "Log",
+    "Pow",
+    "Mish",
+}
 # ops whose input 0 is channels-first by the ONNX spec
 _CHANNELS_FIRST = frozenset(
     [

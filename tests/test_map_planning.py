@@ -385,6 +385,36 @@ def test_inspect_names_an_op_below_the_cam_layer(capsys, tmp_path, early_odd, od
     assert code == 2 and len(lines) == 1 and "node 'odd_node'" in lines[0], err
 
 
+def test_inspect_tensors_marks_the_layers_below_an_op_without_a_rule(capsys, tmp_path, early_odd):
+    """--tensors: 'c1' (below 'odd_node') is marked refused, the others are choices; every
+    listed mark agrees with what explaining at that layer does."""
+    path = tmp_path / "odd.onnx"
+    onnx.save(early_odd, str(path))
+    code, out, err = _inspect(capsys, path, "--method", "gradcam", "--tensors")
+    assert code == 0, err
+    assert "! = below an op without a 'gradient' rule: refused" in out
+    marks = {
+        line[3:].split()[0]: line[1]
+        for line in out.splitlines()
+        if line[:3] in ("   ", " * ", " ! ")
+    }
+    assert marks["c1"] == "!" and marks["blk"] == "*"
+    assert {t for t, m in marks.items() if m == "!"} == {"c1"}
+    explainer = Explainer(early_odd, method="gradcam")
+    for tensor in ("c1", "odd", "r2"):
+        if marks[tensor] == "!":
+            with pytest.raises(UnsupportedOpError, match="odd_node"):
+                explainer.explain(_x(), target=0, layer=tensor)
+        else:
+            assert np.isfinite(explainer.explain(_x(), target=0, layer=tensor).saliency).all()
+    # every tensor is a choice when no op lacks a rule
+    clean = tmp_path / "clean.onnx"
+    head, head_w = _head("c1", 4)
+    onnx.save(_model([_conv("X", "c1", "W1"), *head], {"W1": _w(4, 3, 3, 3), **head_w}), str(clean))
+    code, out, err = _inspect(capsys, clean, "--tensors")
+    assert code == 0 and " ! " not in out and "! =" not in out, err
+
+
 def test_inspect_names_an_op_above_the_cam_layer(capsys, tmp_path, odd_op):
     nodes = [
         _conv("X", "c", "Wc"),

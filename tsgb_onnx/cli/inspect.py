@@ -35,7 +35,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _print_backward_path(graph, method, options)
     refusal = _print_verdict(graph, method, options, args.layer)
     if args.tensors:
-        _print_tensors(graph)
+        rule_method = method if isinstance(method, Method) else get_method(method.backward)
+        _print_tensors(graph, rule_method)
     _print_program(graph, method, options, args, refusal)
     return 0
 
@@ -199,20 +200,40 @@ def _layers(graph: Graph, layers: list[str]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + shown
 
 
-def _print_tensors(graph) -> None:
-    """Every float tensor on the path to the logits (what --layer accepts), with its shape."""
+def _print_tensors(graph: Graph, rule_method: Method) -> None:
+    """Every float tensor on the path to the logits (what --layer accepts), with its shape;
+    marked when an op without a `rule_method` rule lies between it and the logits."""
     live = live_tensors(graph)
+    blocked = _below_missing_rules(graph, rule_method, live)
     try:
         cam = default_cam_layer(graph)
     except TsgbError:
         cam = None
-    print("tensors on the path to the logits (--layer NAME; * = default Grad-CAM layer):")
+    print(
+        "tensors on the path to the logits (--layer NAME; * = default Grad-CAM layer"
+        + (f"; ! = below an op without a '{rule_method.name}' rule: refused" if blocked else "")
+        + "):"
+    )
     for node in graph.nodes:
         for out in node.outputs:
             if out in live:
                 shape = list(graph.shapes.get(out) or [])
-                mark = "*" if out == cam else " "
+                mark = "!" if out in blocked else "*" if out == cam else " "
                 print(f" {mark} {out}  {node.op_type} {shape}")
+
+
+def _below_missing_rules(graph: Graph, rule_method: Method, live: set[str]) -> set[str]:
+    """The `live` tensors with an op lacking a `rule_method` rule on a path to the logits
+    (a backward to them is refused), found in one pass against topological order."""
+    rules = rule_method.rules
+    blocked: set[str] = set()
+    for node in reversed(graph.nodes):
+        outputs = [o for o in node.outputs if o in live]
+        if not outputs:
+            continue
+        if not rules.lookup(node.op_type) or any(o in blocked for o in outputs):
+            blocked.update(t for t in node.inputs if t in live)
+    return blocked
 
 
 def register(sub) -> None:

@@ -299,8 +299,8 @@ class Explainer:
         """The logits as `infer`, for a pass followed by row-sliced calls (SmoothGrad's and
         Integrated Gradients' clean pass): on the CPU it runs on one-thread sessions, rows
         split over the explainer's threads. A multi-thread ONNX Runtime session's workers
-        spin for a while after each run and slowed the row threads that follow (by 20 ms,
-        about 15%, of Integrated Gradients on the 64-px VGG-style net; docs/benchmarks.md)."""
+        spin for a while after each run and slowed the row threads that follow (the whole
+        method 1.1-1.45x slower on the small nets, tools/bench_averaging.py)."""
         fixed = isinstance((self.graph.input_shape or (None,))[0], int)
         if fixed or self.device.name == "cuda":
             return self.infer(x)

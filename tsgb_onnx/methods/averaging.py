@@ -2,9 +2,9 @@
 
 All noisy / interpolated copies of every image go through the base method in a few large
 batches (at most `batch_size` rows each), never one call per copy, and each batch's maps
-are folded into the means as they come. Both are registered as map
-methods (`smoothgrad`, `integrated_gradients`) with option `base` (default "gradient");
-options they do not define go to the base method (e.g. `alpha` for base "tsgb").
+are folded into the means as they come. Both are registered as map methods (`smoothgrad`,
+`integrated_gradients`) with option `base` (default "gradient"); options they do not define
+go to the base method (e.g. `alpha` for base "tsgb").
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _weighted_means(base, n_rows, copies, weights, targets, layer, chunk, salien
     None, signals or None, layer).
 
     The folding is NumPy's own einsum, not a BLAS product: BLAS worker threads spin after
-    each call and slowed ONNX Runtime's row threads of the next chunk by ~40%."""
+    each product and slowed the next chunk's row threads (the whole method 1.5-1.75x slower
+    on the small nets, tools/bench_averaging.py)."""
     k = len(weights)
     total = n_rows * k
     sums: dict[str, np.ndarray | None] = {}

@@ -534,3 +534,30 @@ def test_bad_options_raise_method_error(relu_net):
     raises("has no option 'layer'", "fullgrad", layer=conv)
     with pytest.raises(MethodError, match="no spatial tensor"):  # an MLP has no feature map
         Explainer(_hand_mlp(), method="gradcam").explain(X_HAND, [0, 1])
+
+
+# -- small products between runtime calls: one BLAS thread ---------------------------------------
+def test_along_axis_runs_on_one_blas_thread_and_restores_it(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from tsgb_onnx.methods import cam
+
+    def blas_threads():
+        return [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
+
+    rng = np.random.default_rng(3)
+    a, matrix = rng.standard_normal((2, 3, 5, 7)), rng.standard_normal((4, 5))
+    before, inside = blas_threads(), []
+    if not before:
+        pytest.skip("threadpoolctl sees no BLAS library in NumPy")
+    tensordot = np.tensordot
+
+    def observed(*args, **kwargs):
+        inside.append(blas_threads())
+        return tensordot(*args, **kwargs)
+
+    monkeypatch.setattr(cam.np, "tensordot", observed)
+    got = cam.along_axis(a, matrix, 2)
+    np.testing.assert_allclose(got, np.einsum("bcij,ki->bckj", a, matrix), rtol=1e-12)
+    assert inside == [[1] * len(before)] and blas_threads() == before

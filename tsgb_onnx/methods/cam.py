@@ -8,6 +8,8 @@ Integrated Gradients wrappers.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from tsgb_onnx.engine.program import live_tensors
@@ -20,6 +22,27 @@ LAYOUT_OPS = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 
 # -- helpers shared by map methods ---------------------------------------------------------
+_BLAS: list = []  # the process's threadpoolctl controller, made on first use
+
+
+def along_axis(a: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
+    """`a` with `axis` replaced by `matrix` [out, in] applied along it (a resize, a blur),
+    on one BLAS thread: a multi-threaded BLAS leaves its threads spinning after each of
+    these small products, and they slowed the ONNX Runtime runs that follow (Group-CAM and
+    FullGrad up to 2x on the small nets; docs/benchmarks.md). The process's own BLAS
+    setting is restored after each product."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except ImportError:  # threadpoolctl is a dependency; without it, BLAS as it is
+            _BLAS.append(None)
+    one_thread = _BLAS[0].limit(limits=1, user_api="blas") if _BLAS[0] else nullcontext()
+    with one_thread:
+        return np.moveaxis(np.tensordot(a, matrix, axes=([axis], [1])), -1, axis)
+
+
 def _interp_matrix(size_in: int, size_out: int, align_corners: bool) -> np.ndarray:
     """[size_out, size_in] linear interpolation weights (torch F.interpolate semantics)."""
     dst = np.arange(size_out, dtype=np.float64)
@@ -47,7 +70,7 @@ def resize_linear(a: np.ndarray, size, align_corners: bool = False) -> np.ndarra
         if out.shape[axis] == target:
             continue
         weights = _interp_matrix(out.shape[axis], target, align_corners).astype(np.float32)
-        out = np.moveaxis(np.tensordot(out, weights, axes=([axis], [1])), -1, axis)
+        out = along_axis(out, weights, axis)
     return np.ascontiguousarray(out)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from tsgb_onnx.errors import MethodError
 from tsgb_onnx.methods.cam import (
+    along_axis,
     channels_first,
     check_feature_map,
     chunk_rows,
@@ -54,7 +55,7 @@ def gaussian_blur(x: np.ndarray, size: int = 51, sigma: float = 50.0) -> np.ndar
     out = np.asarray(x, dtype=np.float64)
     for axis in range(2, out.ndim):
         matrix = blur_matrix(out.shape[axis], kernel)
-        out = np.moveaxis(np.tensordot(out, matrix, axes=([axis], [1])), -1, axis)
+        out = along_axis(out, matrix, axis)
     return out.astype(np.float32)
 
 

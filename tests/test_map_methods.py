@@ -538,26 +538,30 @@ def test_bad_options_raise_method_error(relu_net):
 
 # -- small products between runtime calls: one BLAS thread ---------------------------------------
 def test_along_axis_runs_on_one_blas_thread_and_restores_it(monkeypatch):
+    """NumPy's own BLAS (the one tensordot calls) runs on one thread inside, and has its
+    thread count back after (other BLAS libraries a process loads later are not NumPy's)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from tsgb_onnx.methods import cam
 
-    def blas_threads():
+    def numpy_blas_threads():
         return [
-            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+            i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and "numpy" in i["filepath"]
         ]
 
     rng = np.random.default_rng(3)
     a, matrix = rng.standard_normal((2, 3, 5, 7)), rng.standard_normal((4, 5))
-    before, inside = blas_threads(), []
+    before, inside = numpy_blas_threads(), []
     if not before:
-        pytest.skip("threadpoolctl sees no BLAS library in NumPy")
+        pytest.skip("threadpoolctl sees no BLAS library shipped in NumPy's wheel")
     tensordot = np.tensordot
 
     def observed(*args, **kwargs):
-        inside.append(blas_threads())
+        inside.append(numpy_blas_threads())
         return tensordot(*args, **kwargs)
 
     monkeypatch.setattr(cam.np, "tensordot", observed)
     got = cam.along_axis(a, matrix, 2)
     np.testing.assert_allclose(got, np.einsum("bcij,ki->bckj", a, matrix), rtol=1e-12)
-    assert inside == [[1] * len(before)] and blas_threads() == before
+    assert inside == [[1] * len(before)] and numpy_blas_threads() == before

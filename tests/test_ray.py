@@ -231,6 +231,19 @@ def test_ray_flags_are_checked_before_any_work(tmp_path, ray_address, capsys):
     assert 'method: "tsgb" there, "gradient" now' in capsys.readouterr().err
 
 
+def _in_process_and_on_ray(capsys, args: list, local: Path, far: Path, *ray_flags: str):
+    """Run `tsgb explain` `args` in-process (.npy maps into `local`) and on Ray (into
+    `far`); the in-process results.json entries, each with `ray_row`, its row in the Ray
+    results table, and that table."""
+    assert main([*args, "--out-dir", str(local), "--format", "npy"]) == 0
+    code = main([*args, "--engine", "ray", "--out-dir", str(far), *ray_flags])
+    assert code == 0, capsys.readouterr().err
+    entries = json.loads((local / "results.json").read_text())["inputs"]
+    table = store.read_parts(far, store.RESULTS)
+    names = table.column("name").to_pylist()
+    return [{**e, "ray_row": names.index(e["name"])} for e in entries], table
+
+
 def test_layout_flag_reaches_the_workers(tmp_path, ray_address, capsys):
     """`--layout nhwc` on a model whose layout the graph cannot tell (RGB on both sides of a
     [N, 3, 5, 3] input): the workers explain with it, as the in-process command does."""
@@ -248,16 +261,13 @@ def test_layout_flag_reaches_the_workers(tmp_path, ray_address, capsys):
     folder.mkdir()
     np.save(folder / "x.npy", rng.standard_normal((2, 3, 5, 3)).astype(np.float32))
     args = ["explain", str(model), str(folder), "--method", "gradient", "--target", "1"]
-    local, far = tmp_path / "local", tmp_path / "ray"
-    assert main([*args, "--layout", "nhwc", "--out-dir", str(local), "--format", "npy"]) == 0
-    code = main([*args, "--layout", "nhwc", "--engine", "ray", "--out-dir", str(far)])
-    assert code == 0, capsys.readouterr().err
-    entries = json.loads((local / "results.json").read_text())["inputs"]
-    table = store.read_parts(far, store.RESULTS)
+    local = tmp_path / "local"
+    entries, table = _in_process_and_on_ray(
+        capsys, [*args, "--layout", "nhwc"], local, tmp_path / "ray"
+    )
     assert table.num_rows == len(entries) == 2
-    names = table.column("name").to_pylist()
     for entry in entries:
-        i = names.index(entry["name"])
+        i = entry["ray_row"]
         want = np.load(local / entry["files"][0])[0]
         assert want.shape == (3, 5)  # a map over the input's 3 x 5 positions: channels last
         np.testing.assert_allclose(map_of(table, i), want, rtol=0, atol=1e-6)
@@ -299,15 +309,10 @@ def test_dense_targets_on_ray_equal_the_in_process_maps(seg_files, ray_address, 
     args = ["explain", str(model), str(inputs), "--method", "gradient", "--target", "2", *region]
     tag = region[0][2:]
     local, far = root / f"local-{tag}", root / f"ray-{tag}"
-    assert main([*args, "--out-dir", str(local), "--format", "npy"]) == 0
-    code = main([*args, "--engine", "ray", "--out-dir", str(far), "--batch-size", "2"])
-    assert code == 0, capsys.readouterr().err
-    entries = json.loads((local / "results.json").read_text())["inputs"]
-    table = store.read_parts(far, store.RESULTS)
+    entries, table = _in_process_and_on_ray(capsys, args, local, far, "--batch-size", "2")
     assert table.num_rows == len(entries) == 3
-    names = table.column("name").to_pylist()
     for entry in entries:
-        i, want = names.index(entry["name"]), entry["maps"][0]
+        i, want = entry["ray_row"], entry["maps"][0]
         assert table.column("target")[i].as_py() == want["target"] == 2
         assert table.column("prob")[i].as_py() is None
         assert table.column("score")[i].as_py() == pytest.approx(want["score"], rel=1e-5)
